@@ -1,0 +1,38 @@
+"""The one interface every processor adapter implements.
+
+Adapters talk to processors and return values; they never touch the store (the service
+persists). Every failure is raised as a `ProcessorCallError` subclass whose `delivery`
+says whether the request may have been acted on.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, TransactionInfo
+
+
+class Processor(abc.ABC):
+    name: str
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+        """The original payment. Raises TransactionNotFound, NotSupported (no lookup API) or ProcessorCallError."""
+
+    @abc.abstractmethod
+    async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
+        """Create a refund; repeating it with the same idempotency key must return the same refund."""
+
+    @abc.abstractmethod
+    async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
+        """Current state of a refund. Raises RefundNotFound, NotSupported (no status API) or ProcessorCallError."""
+
+    async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
+        """Cancel a refund the processor accepted. Raises NotSupported where the processor has no such call."""
+        from refund_mcp.domain.errors import NotSupported
+
+        raise NotSupported(f"{self.name} cannot cancel a refund once it has accepted it")
+
+    async def aclose(self) -> None:
+        """Release network resources (the shared HTTP client)."""
