@@ -1,0 +1,3 @@
+from refund_mcp.cli import main
+
+raise SystemExit(main())

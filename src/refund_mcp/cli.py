@@ -1,0 +1,313 @@
+"""The refund-mcp command. Subcommands are thin: they parse, call the service or a store helper, print.
+
+On stdio the MCP protocol owns stdout, so everything human-readable goes to stderr there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _settings() -> Any:
+    from refund_mcp.settings import Settings
+
+    return Settings.from_env()
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The SDK logs every tool refusal at INFO; ours are audited already.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+def _startup_summary(app: Any, transport: str, where: str) -> None:
+    from refund_mcp.processors.sandbox import demo_transaction_ids
+
+    settings = app.settings
+    lines = [
+        f"refund-mcp serving on {transport} {where}".rstrip(),
+        f"  database:   {settings.redacted_db_url()}",
+        f"  policy:     {app.policy.path} (version {app.policy.engine().version})",
+        f"  processors: {', '.join(app.processors.names()) or 'none'}",
+    ]
+    if "sandbox" in app.processors.names():
+        lines.append(f"  demo transactions (sandbox): {', '.join(demo_transaction_ids())}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ serve / worker
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from refund_mcp.app import App
+    from refund_mcp.worker import run_forever
+
+    settings = _settings()
+    if args.transport == "http" and not _is_loopback(args.host) and settings.tokens_file is None and not os.environ.get("REFUND_MCP_OAUTH_ISSUER"):
+        print(
+            f"refusing to serve HTTP on {args.host} without auth: set REFUND_MCP_TOKENS (or OAuth) or use 127.0.0.1",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    app = await App.create(settings)
+    try:
+        async with anyio.create_task_group() as tg:
+            if not args.no_worker:
+                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds)
+            if args.transport == "stdio":
+                _startup_summary(app, "stdio", "")
+                await app.server.run_stdio_async()
+            else:
+                from refund_mcp.http_app import serve_http
+
+                _startup_summary(app, "http", f"http://{args.host}:{args.port}/mcp")
+                await serve_http(app, args.host, args.port)
+            tg.cancel_scope.cancel()
+    finally:
+        await app.aclose()
+    return EXIT_OK
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from refund_mcp.app import App
+    from refund_mcp.worker import run_forever, run_once
+
+    app = await App.create(_settings())
+    try:
+        if args.once:
+            handled = await run_once(app.service)
+            print(f"handled {handled} item(s)", file=sys.stderr)
+        else:
+            print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
+            await run_forever(app.service, app.settings.worker_interval_seconds)
+    finally:
+        await app.aclose()
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ policy
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from refund_mcp.policy import PolicyFileError, load_policy, policy_json_schema
+
+    if args.policy_command == "schema":
+        print(json.dumps(policy_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
+    try:
+        loaded = load_policy(args.file)
+    except PolicyFileError as exc:
+        print(f"invalid policy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.file}: valid (version {loaded.version})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ audit
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from refund_mcp.audit import log as audit
+    from refund_mcp.store.database import Database
+
+    settings = _settings()
+    db = Database(settings.db_url)
+    try:
+        await db.migrate()
+        if args.audit_command == "verify":
+            result = await audit.verify(db.engine)
+            if result.ok:
+                print(f"audit chain OK: {result.records} record(s)")
+                return EXIT_OK
+            print(f"audit chain BROKEN at record {result.bad_seq}: {result.problem}", file=sys.stderr)
+            return EXIT_FAILURE
+        out = open(args.output, "w", encoding="utf-8") if args.output not in (None, "-") else sys.stdout
+        try:
+            count = 0
+            async for record in audit.export(db.engine):
+                out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                count += 1
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        print(f"exported {count} record(s)", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        await db.dispose()
+
+
+# ------------------------------------------------------------------ approvals
+
+
+async def _approvals(args: argparse.Namespace) -> int:
+    from refund_mcp.app import App
+    from refund_mcp.domain.errors import RefundError
+
+    app = await App.create(_settings())
+    approvals = app.service
+    try:
+        if args.approvals_command == "list":
+            rows = await approvals.pending_approvals()
+            if not rows:
+                print("no refunds are waiting for approval")
+            for view in rows:
+                print(
+                    f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  reason={view.reason}  "
+                    f"by={view.actor}  expires={view.approval.expires_at:%Y-%m-%d %H:%M}Z  ({view.approval.reason})"
+                )
+            return EXIT_OK
+        if args.approvals_command == "show":
+            detail = await approvals.refund_with_trail(args.refund_id)
+            print(json.dumps(detail, indent=2, default=str))
+            return EXIT_OK
+        decide = approvals.approve if args.approvals_command == "approve" else approvals.deny
+        view = await decide(args.refund_id, approver=args.by, note=args.note)
+        print(f"{view.refund_id}: {view.status} ({view.message})")
+        return EXIT_OK
+    except RefundError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await app.aclose()
+
+
+# ------------------------------------------------------------------ db
+
+
+async def _db(args: argparse.Namespace) -> int:
+    from refund_mcp.store.database import Database
+    from refund_mcp.store.migrations import LATEST_VERSION, current_version
+
+    db = Database(_settings().db_url)
+    try:
+        if args.db_command == "upgrade":
+            applied = await db.migrate()
+            for migration in applied:
+                print(f"applied {migration.version}: {migration.description}")
+        print(f"schema version {await current_version(db.engine)} (latest {LATEST_VERSION})")
+        return EXIT_OK
+    finally:
+        await db.dispose()
+
+
+# ------------------------------------------------------------------ demo
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from refund_mcp.demo import run_demo
+
+    return asyncio.run(run_demo())
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refund-mcp", description="Refunds for LLM support agents, over MCP.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (to stderr)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--no-worker", action="store_true", help="do not run the retry/status worker in this process")
+
+    worker = sub.add_parser("worker", help="run the retry and status-sync loop alone")
+    worker.add_argument("--once", action="store_true", help="one pass, then exit")
+
+    sub.add_parser("demo", help="a scripted walk through every tool against the sandbox processor")
+
+    policy = sub.add_parser("policy", help="validate a policy file or print its JSON Schema")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+    policy_sub.add_parser("schema", help="print the policy JSON Schema")
+
+    audit = sub.add_parser("audit", help="verify or export the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; non-zero exit if broken")
+    export = audit_sub.add_parser("export", help="write the log as JSON Lines")
+    export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
+
+    approvals = sub.add_parser("approvals", help="decide refunds waiting for a human approver")
+    approvals_sub = approvals.add_subparsers(dest="approvals_command", required=True)
+    approvals_sub.add_parser("list")
+    show = approvals_sub.add_parser("show")
+    show.add_argument("refund_id")
+    for verb in ("approve", "deny"):
+        decide = approvals_sub.add_parser(verb)
+        decide.add_argument("refund_id")
+        decide.add_argument("--by", required=True, help="the approver's name (recorded in the audit log)")
+        decide.add_argument("--note", default=None)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply pending schema migrations")
+    db_sub.add_parser("version", help="show the schema version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    from refund_mcp.policy import PolicyFileError
+
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        if args.command == "worker":
+            return asyncio.run(_worker(args))
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "policy":
+            return _policy(args)
+        if args.command == "audit":
+            return asyncio.run(_audit(args))
+        if args.command == "approvals":
+            return asyncio.run(_approvals(args))
+        if args.command == "db":
+            return asyncio.run(_db(args))
+    except PolicyFileError as exc:
+        print(f"invalid policy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The transport-free service layer: MCP tools, the CLI and webhooks are thin shells over it."""

@@ -1,0 +1,88 @@
+"""The database: engine set-up per dialect and the one way to write.
+
+Every write runs in `Database.write()`, which serializes writers:
+- SQLite: `BEGIN IMMEDIATE` takes the database's write lock at the start (not at the first
+  write), so a balance read inside the transaction cannot be invalidated by another process;
+  an in-process lock keeps this process's own tasks from spinning on SQLite's busy handler.
+- PostgreSQL: the transaction first locks the single `audit_head` row (`FOR UPDATE`). Every
+  write appends to the audit chain, so this one lock orders all writers across replicas,
+  which makes the balance check, daily caps and the hash chain race-free together. Writes
+  are short (no network call is ever made inside one), so the lock is held for milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from refund_mcp.store import migrations, tables
+
+
+def _sqlite_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    if parsed.get_backend_name() == "postgresql":
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._local_writer = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    async def migrate(self) -> list[migrations.Migration]:
+        return await migrations.upgrade(self.engine)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A serialized write transaction; commits on success, rolls back on any exception."""
+        if self._local_writer is not None:
+            async with self._local_writer, self.engine.begin() as conn:
+                yield conn
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(select(tables.audit_head.c.seq).where(tables.audit_head.c.id == 1).with_for_update())
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only view. On SQLite this is still an immediate transaction (one code path)."""
+        async with self.write() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,226 @@
+"""Queries over transactions and refunds. Functions take the caller's connection (its transaction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, true, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
+from refund_mcp.store import tables
+
+R = tables.refunds
+T = tables.transactions
+_RESERVING = [status.value for status in RESERVING_STATUSES]
+_AT_PROCESSOR = [RefundStatus.PENDING.value, RefundStatus.REQUIRES_ACTION.value]
+
+
+async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> None:
+    values = {
+        "processor": info.processor,
+        "processor_transaction_id": info.transaction_id,
+        "amount_minor": info.amount_minor,
+        "currency": info.currency,
+        "captured_minor": info.captured_minor,
+        "processor_refunded_minor": info.refunded_minor,
+        "status": info.status,
+        "refundable": info.refundable,
+        "customer_ref": info.customer_ref,
+        "description": info.description,
+        "created_at": info.created_at,
+        "updated_at": now,
+    }
+    updated = await conn.execute(update(T).where(T.c.id == canonical_id).values(**values))
+    if updated.rowcount == 0:
+        await conn.execute(insert(T).values(id=canonical_id, first_seen_at=now, **values))
+
+
+async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool = False) -> Row[Any] | None:
+    query = select(T).where(T.c.id == canonical_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.execute(query)).first()
+
+
+async def find_transactions_by_bare_id(conn: AsyncConnection, bare_id: str) -> list[Row[Any]]:
+    return list((await conn.execute(select(T).where(T.c.processor_transaction_id == bare_id).limit(5))).all())
+
+
+@dataclass(frozen=True)
+class Balance:
+    captured_minor: int
+    succeeded_minor: int  # ours + external refunds recorded as succeeded
+    reserved_minor: int
+    external_unrecorded_minor: int  # refunded at the processor but unknown to our records
+    active_refunds: int  # refunds that are not failed/cancelled
+
+    @property
+    def refunded_minor(self) -> int:
+        return self.succeeded_minor + self.external_unrecorded_minor
+
+    @property
+    def refundable_minor(self) -> int:
+        return max(0, self.captured_minor - self.refunded_minor - self.reserved_minor)
+
+
+async def balance(conn: AsyncConnection, txn: Row[Any]) -> Balance:
+    rows = (
+        await conn.execute(
+            select(R.c.status, func.coalesce(func.sum(R.c.amount_minor), 0), func.count())
+            .where(R.c.transaction_id == txn.id)
+            .group_by(R.c.status)
+        )
+    ).all()
+    by_status = {status: (int(total), int(count)) for status, total, count in rows}
+    succeeded = by_status.get(RefundStatus.SUCCEEDED.value, (0, 0))[0]
+    reserved = sum(by_status.get(status, (0, 0))[0] for status in _RESERVING)
+    at_processor = sum(by_status.get(status, (0, 0))[0] for status in _AT_PROCESSOR)
+    # The processor's "refunded so far" includes ours; whatever it reports beyond what we know of was refunded
+    # elsewhere (a dashboard, another tool) and must count too.
+    external = max(0, int(txn.processor_refunded_minor) - succeeded - at_processor)
+    active = sum(count for status, (_, count) in by_status.items() if status not in ("failed", "cancelled"))
+    return Balance(int(txn.captured_minor), succeeded, reserved, external, active)
+
+
+async def daily_total(
+    conn: AsyncConnection, *, currency: str, since: datetime, actor: str | None = None
+) -> int:
+    """Reserved + succeeded refunds in `currency` created since `since` (rolling window), optionally by one actor."""
+    conditions = [
+        R.c.currency == currency,
+        R.c.created_at >= since,
+        R.c.origin == "agent",
+        R.c.status.in_(_RESERVING + [RefundStatus.SUCCEEDED.value]),
+    ]
+    if actor is not None:
+        conditions.append(R.c.actor == actor)
+    total = (await conn.execute(select(func.coalesce(func.sum(R.c.amount_minor), 0)).where(and_(*conditions)))).scalar_one()
+    return int(total)
+
+
+async def get_refund(conn: AsyncConnection, refund_id: str) -> Row[Any] | None:
+    return (await conn.execute(select(R).where(R.c.id == refund_id))).first()
+
+
+async def get_refund_by_processor_id(conn: AsyncConnection, processor: str, processor_refund_id: str) -> Row[Any] | None:
+    query = select(R).where(R.c.processor == processor, R.c.processor_refund_id == processor_refund_id)
+    return (await conn.execute(query)).first()
+
+
+async def refunds_for_transaction(conn: AsyncConnection, transaction_id: str, limit: int = 50) -> list[Row[Any]]:
+    query = select(R).where(R.c.transaction_id == transaction_id).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit)
+    return list((await conn.execute(query)).all())
+
+
+async def find_duplicate(conn: AsyncConnection, fingerprint: str, since: datetime) -> Row[Any] | None:
+    query = (
+        select(R)
+        .where(
+            R.c.fingerprint == fingerprint,
+            R.c.created_at >= since,
+            R.c.status.not_in([RefundStatus.FAILED.value, RefundStatus.CANCELLED.value]),
+        )
+        .order_by(R.c.created_at.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).first()
+
+
+async def get_idempotency(conn: AsyncConnection, actor: str, key: str) -> Row[Any] | None:
+    query = select(tables.idempotency_keys).where(
+        tables.idempotency_keys.c.actor == actor, tables.idempotency_keys.c.key == key
+    )
+    return (await conn.execute(query)).first()
+
+
+async def insert_idempotency(conn: AsyncConnection, actor: str, key: str, request_hash: str, refund_id: str, now: datetime) -> None:
+    await conn.execute(
+        insert(tables.idempotency_keys).values(actor=actor, key=key, request_hash=request_hash, refund_id=refund_id, created_at=now)
+    )
+
+
+async def insert_refund(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(insert(R).values(**values))
+
+
+async def update_refund(conn: AsyncConnection, refund_id: str, **values: Any) -> None:
+    await conn.execute(update(R).where(R.c.id == refund_id).values(**values))
+
+
+async def claim_due(conn: AsyncConnection, now: datetime, claim_until: datetime, limit: int) -> list[Row[Any]]:
+    """Take queued refunds whose next attempt is due and which nobody is submitting; mark them in flight."""
+    query = (
+        select(R)
+        .where(
+            R.c.status == RefundStatus.QUEUED.value,
+            R.c.next_attempt_at.is_not(None),
+            R.c.next_attempt_at <= now,
+            or_(R.c.claimed_until.is_(None), R.c.claimed_until < now),
+        )
+        .order_by(R.c.next_attempt_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list((await conn.execute(query)).all())
+    for row in rows:
+        await update_refund(conn, row.id, claimed_until=claim_until)
+    return rows
+
+
+async def due_for_sync(conn: AsyncConnection, now: datetime, processors: list[str], limit: int) -> list[Row[Any]]:
+    """Refunds the processor accepted but has not finished, on processors with a status API."""
+    query = (
+        select(R)
+        .where(
+            R.c.status.in_(_AT_PROCESSOR),
+            R.c.processor.in_(processors),
+            R.c.processor_refund_id.is_not(None),
+            or_(R.c.next_attempt_at.is_(None), R.c.next_attempt_at <= now),
+        )
+        .order_by(R.c.updated_at)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def list_refunds(
+    conn: AsyncConnection,
+    *,
+    status: str | None,
+    processor: str | None,
+    transaction_ids: list[str] | None,
+    since: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    approval_state: str | None = None,
+) -> list[Row[Any]]:
+    conditions = []
+    if status:
+        conditions.append(R.c.status == status)
+    if processor:
+        conditions.append(R.c.processor == processor)
+    if transaction_ids is not None:
+        conditions.append(R.c.transaction_id.in_(transaction_ids))
+    if since:
+        conditions.append(R.c.created_at >= since)
+    if approval_state:
+        conditions.append(R.c.approval_state == approval_state)
+    if after:
+        created, refund_id = after
+        conditions.append(or_(R.c.created_at < created, and_(R.c.created_at == created, R.c.id < refund_id)))
+    query = select(R).where(true(), *conditions).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit)
+    return list((await conn.execute(query)).all())
+
+
+async def expired_approvals(conn: AsyncConnection, now: datetime) -> list[Row[Any]]:
+    query = select(R).where(
+        R.c.status == RefundStatus.PENDING_APPROVAL.value,
+        R.c.approval_expires_at.is_not(None),
+        R.c.approval_expires_at <= now,
+    )
+    return list((await conn.execute(query)).all())

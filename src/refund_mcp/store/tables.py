@@ -1,0 +1,166 @@
+"""Table definitions (SQLAlchemy Core). Changes go through store/migrations.py, never create_all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always tz-aware UTC in Python; SQLite hands back naive values, PostgreSQL aware ones."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use datetime.now(UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", String(200), primary_key=True),  # "processor:id"
+    Column("processor", String(20), nullable=False),
+    Column("processor_transaction_id", String(180), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("captured_minor", BigInteger, nullable=False),
+    # What the processor last said was refunded (ours included); refunds made elsewhere are derived from it.
+    Column("processor_refunded_minor", BigInteger, nullable=False, default=0),
+    Column("status", String(40), nullable=False),
+    Column("refundable", Boolean, nullable=False, default=True),
+    Column("customer_ref", String(320)),
+    Column("description", Text),
+    Column("created_at", UTCDateTime),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("transaction_id", String(200), ForeignKey("transactions.id"), nullable=False),
+    Column("processor", String(20), nullable=False),
+    Column("processor_refund_id", String(200)),
+    Column("status", String(20), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("note", Text),
+    Column("actor", String(200), nullable=False),
+    Column("customer_ref", String(320)),
+    Column("origin", String(20), nullable=False, default="agent"),  # agent | external
+    # sha256 of (actor, transaction, amount, currency, reason): finds repeated tool calls.
+    Column("fingerprint", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    # For queued refunds: when the worker may take it next. Also a lease: whoever submits pushes it forward.
+    Column("next_attempt_at", UTCDateTime),
+    Column("retry_deadline_at", UTCDateTime),
+    # In flight: a submission to the processor is under way until this time (a lease; a crash lets it lapse).
+    Column("claimed_until", UTCDateTime),
+    # True once an attempt ended with an unknown outcome: the processor may hold this refund already,
+    # so it can no longer be cancelled locally, only completed by retrying with the same key.
+    Column("maybe_sent", Boolean, nullable=False, default=False),
+    Column("processor_status", String(40)),
+    Column("processor_request_id", String(200)),
+    Column("failure_reason", Text),
+    Column("approval_state", String(20)),  # pending | approved | denied | expired
+    Column("approval_reason", Text),
+    Column("approval_decided_by", String(200)),
+    Column("approval_decided_at", UTCDateTime),
+    Column("approval_note", Text),
+    Column("approval_expires_at", UTCDateTime),
+    Column("policy_version", String(40)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("processor", "processor_refund_id", name="uq_refunds_processor_refund_id"),
+)
+Index("ix_refunds_transaction", refunds.c.transaction_id, refunds.c.status)
+Index("ix_refunds_created", refunds.c.created_at, refunds.c.id)
+Index("ix_refunds_fingerprint", refunds.c.fingerprint, refunds.c.created_at)
+Index("ix_refunds_due", refunds.c.status, refunds.c.next_attempt_at)
+Index("ix_refunds_actor_created", refunds.c.actor, refunds.c.created_at)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("actor", String(200), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("refund_id", String(32), ForeignKey("refunds.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", AutoId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(60), nullable=False),
+    Column("target", String(200)),
+    Column("outcome", String(40), nullable=False),
+    Column("error_code", String(40)),
+    # The canonical JSON of the whole record (the columns above included); the hash covers it.
+    Column("body", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_target", audit_log.c.target, audit_log.c.seq)
+
+# One row: the chain's head. Appending locks it, which also serializes every write transaction on
+# PostgreSQL (see store/database.py), so balances, daily caps and the chain never race.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("processor", String(20), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+)
