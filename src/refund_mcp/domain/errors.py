@@ -46,6 +46,10 @@ class RefundError(Exception):
 class ValidationFailed(RefundError):
     code = "validation_error"
 
+    def __str__(self) -> str:
+        named = ", ".join(field for field in self.fields if field not in self.message)
+        return f"[{self.code}] {named + ': ' if named else ''}{self.message}"
+
 
 class PolicyDenied(RefundError):
     code = "policy_denied"

@@ -30,9 +30,10 @@ import math
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
+from pydantic import BaseModel, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery,
@@ -52,6 +53,7 @@ DEFAULT_TIMEOUT = httpx2.Timeout(connect=5.0, read=20.0, write=10.0, pool=5.0)
 DEFAULT_LIMITS = httpx2.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
 USER_AGENT = "refund-mcp/0.1"
 
+M = TypeVar("M", bound=BaseModel)
 RequestIdOf = Callable[[httpx2.Response], "str | None"]
 
 # Raised before a single byte left this process: retrying cannot duplicate anything.
@@ -214,3 +216,15 @@ def unreadable_answer(
             request_id=request_id,
         )
     return ProcessorError(message, processor=processor, http_status=response.status_code, request_id=request_id)
+
+
+def parse_answer(
+    model: type[M], body: Any, *, processor: str, response: httpx2.Response, mutating: bool, request_id: str | None
+) -> M:
+    """Validate a 2xx body into its wire struct; an unreadable one raises `unreadable_answer`."""
+    if body is None:
+        raise unreadable_answer(processor, response, mutating=mutating, request_id=request_id)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise unreadable_answer(processor, response, mutating=mutating, request_id=request_id) from exc

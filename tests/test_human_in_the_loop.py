@@ -1,0 +1,138 @@
+"""Confirmation through MCP elicitation, and the approval queue decided through the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+import mcp.types as mt
+from mcp import Client
+from tests.support.servers import refund_mcp_command
+
+pytestmark = pytest.mark.anyio
+
+HITL_POLICY = os.path.join(os.path.dirname(__file__), "support", "hitl_policy.yaml")
+MODES = [pytest.param({}, id="2026-07-28"), pytest.param({"mode": "legacy"}, id="legacy")]
+TXN = "sandbox:demo_usd_order"  # USD 120.00
+CONFIRMED_SIZE = {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 2000}  # above USD 10.00
+
+
+def answering(action: str, confirm: bool = True):
+    asked: list[str] = []
+
+    async def on_elicit(ctx, params):
+        asked.append(params.message)
+        if action == "accept":
+            return mt.ElicitResult(action="accept", content={"confirm": confirm})
+        return mt.ElicitResult(action=action)
+
+    return on_elicit, asked
+
+
+async def refundable(client) -> int:
+    return (await client.call_tool("lookup_transaction", {"transaction_id": TXN})).structured_content["refundable_minor"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_accepted_confirmation_refunds(app_factory, mode):
+    callback, asked = answering("accept")
+    async with app_factory(policy=HITL_POLICY) as app, Client(app.server, elicitation_callback=callback, **mode) as client:
+        result = await client.call_tool("create_refund", {**CONFIRMED_SIZE, "customer_ref": "ana@example.com"})
+        assert not result.is_error, result.content
+        assert result.structured_content["status"] == "succeeded"
+    assert len(asked) == 1
+    assert "USD 20.00" in asked[0] and TXN in asked[0] and "service_issue" in asked[0] and "ana@example.com" in asked[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("action", "confirm"), [("decline", True), ("cancel", True), ("accept", False)])
+async def test_a_declined_or_cancelled_confirmation_moves_nothing(app_factory, mode, action, confirm):
+    callback, asked = answering(action, confirm)
+    async with app_factory(policy=HITL_POLICY) as app, Client(app.server, elicitation_callback=callback, **mode) as client:
+        result = await client.call_tool("create_refund", CONFIRMED_SIZE)
+        assert result.is_error
+        assert "[confirmation_declined]" in result.content[0].text
+        assert await refundable(client) == 12000
+        listed = (await client.call_tool("list_refunds", {})).structured_content
+        assert listed["refunds"] == []
+    assert len(asked) == 1
+
+
+async def test_small_refunds_are_not_confirmed(app_factory):
+    callback, asked = answering("decline")
+    async with app_factory(policy=HITL_POLICY) as app, Client(app.server, elicitation_callback=callback) as client:
+        result = await client.call_tool("create_refund", {**CONFIRMED_SIZE, "amount_minor": 500})
+        assert result.structured_content["status"] == "succeeded"
+    assert asked == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_client_without_elicitation_gets_pending_approval_not_a_protocol_error(app_factory, mode):
+    async with app_factory(policy=HITL_POLICY) as app, Client(app.server, **mode) as client:
+        result = await client.call_tool("create_refund", CONFIRMED_SIZE)
+        assert not result.is_error, result.content
+        refund = result.structured_content
+        assert refund["status"] == "pending_approval"
+        assert "cannot ask" in refund["approval"]["reason"]
+        assert "approver" in refund["message"]
+        assert await refundable(client) == 10000  # reserved while it waits
+
+
+async def test_fraudulent_refunds_always_wait_for_approval_and_are_approved_through_the_cli(app_factory, tmp_path):
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app:
+        async with Client(app.server) as client:
+            parked = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 300})).structured_content
+        assert parked["status"] == "pending_approval"
+        env = {
+            **os.environ,
+            "REFUND_MCP_DB": app.settings.db_url,
+            "REFUND_MCP_POLICY": HITL_POLICY,
+            "REFUND_MCP_SANDBOX": "1",
+        }
+        listed = subprocess.run([*refund_mcp_command(), "approvals", "list"], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        assert parked["refund_id"] in listed.stdout and "USD 3.00" in listed.stdout
+        own = subprocess.run([*refund_mcp_command(), "approvals", "approve", parked["refund_id"], "--by", "bot-7"], env=env, capture_output=True, text=True)
+        assert own.returncode == 1
+        assert "[forbidden]" in own.stderr
+        approved = subprocess.run(
+            [*refund_mcp_command(), "approvals", "approve", parked["refund_id"], "--by", "risk-lead", "--note", "checked"],
+            env=env, capture_output=True, text=True,
+        )
+        assert approved.returncode == 0, approved.stderr
+        assert "succeeded" in approved.stdout
+        async with Client(app.server) as client:
+            status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
+        assert status["approval"]["state"] == "approved"
+        assert status["approval"]["decided_by"] == "risk-lead"
+        # The sandbox process that approved it is not this one: the record is the truth here.
+        assert status["status"] in ("succeeded",)
+
+
+async def test_a_denied_approval_releases_the_reservation(app_factory):
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app, Client(app.server) as client:
+        parked = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 300})).structured_content
+        assert await refundable(client) == 11700
+        view = await app.service.deny(parked["refund_id"], approver="risk-lead", note="not fraud")
+        assert view.status == "cancelled"
+        assert await refundable(client) == 12000
+        status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
+        assert status["approval"]["state"] == "denied"
+
+
+async def test_an_expired_approval_is_cancelled_and_audited(app_factory):
+    from datetime import timedelta
+
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app, Client(app.server) as client:
+        parked = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 300})).structured_content
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(hours=2)
+        assert await app.service.expire_approvals() == 1
+        app.service.clock = real_clock
+        status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
+        assert status["status"] == "cancelled" and status["approval"]["state"] == "expired"
+        assert await refundable(client) == 12000
+        trail = await app.service.refund_with_trail(parked["refund_id"])
+        assert "approval.expired" in [record["action"] for record in trail["audit_trail"]]
