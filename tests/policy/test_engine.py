@@ -270,7 +270,12 @@ RULES = engine(
         pytest.param({"reason": "goodwill", "amount_minor": 2000}, ALLOW, None, id="deny-rule-amount-boundary"),
         pytest.param({"amount_minor": 500}, CONFIRM, {"rules[3].confirmation.above"}, id="at-most-matches"),
         pytest.param({"currency": "EUR", "amount_minor": 100}, ALLOW, None, id="amount-condition-needs-the-currency"),
-        pytest.param({"actor": "night-bot", "amount_minor": 60000}, DENY, {"limits.per_refund"}, id="rule-cannot-loosen"),
+        pytest.param(
+            {"actor": "night-bot", "amount_minor": 60000, "customer_ref": "jane@example.com"},
+            DENY,
+            {"limits.per_refund"},
+            id="rule-cannot-loosen",
+        ),
         pytest.param(
             {"actor": "night-bot", "customer_ref": None}, DENY, {"rules[4].require_customer_match"}, id="rule-requires-customer"
         ),

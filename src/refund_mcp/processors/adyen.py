@@ -1,0 +1,270 @@
+"""Adyen adapter (Checkout API v71).
+
+Wire: `POST {base}/payments/{paymentPspReference}/refunds` (JSON, `X-API-Key`, `Idempotency-Key`
+≤ 64 characters). Adyen answers 201 `status: "received"`: the request was accepted, not the
+refund. The outcome arrives later in a REFUND webhook, so a created refund is always PENDING here.
+
+Adyen has no API to read a refund or a payment: `get_refund` raises NotSupported, and
+`lookup_transaction` only knows what the `known_transactions` callback returns (transactions
+recorded from signed AUTHORISATION / CAPTURE webhooks or an import).
+
+Reasons (Adyen's enum FRAUD, CUSTOMER REQUEST, RETURN, DUPLICATE, OTHER): duplicate → DUPLICATE,
+fraudulent → FRAUD, requested_by_customer and product_not_received → CUSTOMER REQUEST,
+product_defective → RETURN (defective goods are normally sent back), service_issue and
+goodwill → OTHER.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from refund_mcp.domain.errors import (
+    Delivery,
+    NotSupported,
+    ProcessorError,
+    ProcessorUnavailable,
+    RefundError,
+    TransactionNotFound,
+)
+from refund_mcp.domain.models import (
+    Capabilities,
+    ProcessorRefund,
+    ProcessorRefundRequest,
+    RefundReason,
+    RefundStatus,
+    TransactionInfo,
+)
+from refund_mcp.processors import _http
+from refund_mcp.processors.base import Processor
+
+NAME = "adyen"
+DEFAULT_API_BASE = "https://checkout-test.adyen.com/v71"
+IDEMPOTENCY_KEY_MAX = 64  # docs.adyen.com/development-resources/api-idempotency
+REFERENCE_MAX = 80
+
+KnownTransactions = Callable[[str], Awaitable[TransactionInfo | None]]
+
+
+# --------------------------------------------------------------------------- wire structs
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class AdyenAmount(_Wire):
+    currency: str
+    value: int
+
+
+class AdyenRefundRequest(_Wire):
+    """Body of the refunds call (schema `PaymentRefundRequest`); field names are Adyen's."""
+
+    merchantAccount: str
+    amount: AdyenAmount
+    reference: str | None = None
+    merchantRefundReason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class AdyenRefundResponse(_Wire):
+    """Schema `PaymentRefundResponse`; `status` is always "received"."""
+
+    pspReference: str
+    paymentPspReference: str
+    merchantAccount: str
+    amount: AdyenAmount
+    status: str
+    reference: str | None = None
+    merchantRefundReason: str | None = None
+
+
+class AdyenServiceError(_Wire):
+    status: int | None = None
+    errorCode: str | None = None
+    message: str | None = None
+    errorType: str | None = None
+    pspReference: str | None = None
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+_REASON = {
+    RefundReason.DUPLICATE: "DUPLICATE",
+    RefundReason.FRAUDULENT: "FRAUD",
+    RefundReason.REQUESTED_BY_CUSTOMER: "CUSTOMER REQUEST",
+    RefundReason.PRODUCT_NOT_RECEIVED: "CUSTOMER REQUEST",
+    RefundReason.PRODUCT_DEFECTIVE: "RETURN",
+    RefundReason.SERVICE_ISSUE: "OTHER",
+    RefundReason.GOODWILL: "OTHER",
+}
+
+# Adyen `errorCode`s on the refund call that mean something specific to us
+# (docs.adyen.com/development-resources/error-codes). Refusals of accepted refunds (over-refund,
+# wrong currency for the payment) come later through the REFUND webhook's `reason`, not here.
+_ERROR_CODES = {
+    "100": ("processor_error", "no amount was specified"),
+    "137": ("processor_error", "the amount is invalid"),
+    "138": ("currency_mismatch", "the currency is not supported for this payment"),
+}
+IN_PROGRESS_CODE = "704"  # "request already processed or in progress" (API idempotency docs)
+
+
+def adyen_reason(reason: RefundReason) -> str:
+    return _REASON[reason]
+
+
+def build_refund_request(request: ProcessorRefundRequest, *, merchant_account: str) -> AdyenRefundRequest:
+    """Raises ValueError for an idempotency key Adyen would not accept (a bug, not a user error)."""
+    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        raise ValueError(f"Adyen idempotency keys are at most {IDEMPOTENCY_KEY_MAX} characters")
+    return AdyenRefundRequest(
+        merchantAccount=merchant_account,
+        amount=AdyenAmount(currency=request.currency, value=request.amount_minor),
+        reference=request.refund_id[:REFERENCE_MAX],
+        merchantRefundReason=adyen_reason(request.reason),
+    )
+
+
+def refund_from_wire(refund: AdyenRefundResponse) -> ProcessorRefund:
+    # "received" only means Adyen will process it: never report success before the webhook says so.
+    return ProcessorRefund(
+        processor_refund_id=refund.pspReference,
+        status=RefundStatus.PENDING,
+        amount_minor=refund.amount.value,
+        currency=refund.amount.currency.upper(),
+        processor_status=refund.status,
+        request_id=refund.pspReference,
+        transaction_id=refund.paymentPspReference,
+    )
+
+
+def error_from_response(status: int, body: Any, *, transient: bool, request_id: str | None) -> RefundError:
+    """Map an Adyen ServiceError (other than 401/403/429/5xx, handled in `_http`) to the error tree.
+    `transient` is the `transient-error: true` response header."""
+    try:
+        error = AdyenServiceError.model_validate(body)
+    except ValidationError:
+        error = AdyenServiceError()
+    request_id = request_id or error.pspReference
+    said = f": {error.message}" if error.message else ""
+    if error.errorCode == IN_PROGRESS_CODE:
+        if transient:
+            # The first request with this key is still running: outcome unknown, retry with the same key.
+            return ProcessorUnavailable(
+                "adyen is still processing an earlier request with this idempotency key; retry later with the same key",
+                processor=NAME,
+                delivery=Delivery.OUTCOME_UNKNOWN,
+                http_status=status,
+                request_id=request_id,
+                processor_code=error.errorCode,
+            )
+        return ProcessorError(
+            f"adyen refused to reuse this idempotency key for this request{said}",
+            processor=NAME,
+            code="idempotency_conflict",
+            http_status=status,
+            request_id=request_id,
+            processor_code=error.errorCode,
+        )
+    if error.errorCode in _ERROR_CODES:
+        our_code, explanation = _ERROR_CODES[error.errorCode]
+        return ProcessorError(
+            f"adyen refused the refund: {explanation}{said}",
+            processor=NAME,
+            code=our_code,
+            http_status=status,
+            request_id=request_id,
+            processor_code=error.errorCode,
+        )
+    return ProcessorError(
+        f"adyen refused the request (HTTP {status}, errorCode {error.errorCode or 'none'}){said}",
+        processor=NAME,
+        http_status=status,
+        request_id=request_id,
+        processor_code=error.errorCode,
+    )
+
+
+def unknown_transaction(transaction_id: str) -> TransactionNotFound:
+    return TransactionNotFound(
+        f"adyen transaction {transaction_id!r} is not known to refund-mcp. Adyen has no API to look up a "
+        "payment: transactions become known from signed AUTHORISATION / CAPTURE webhooks (or an import). "
+        "Check that Adyen webhooks reach refund-mcp, or use the payment's pspReference exactly."
+    )
+
+
+def _request_id(response: httpx2.Response) -> str | None:
+    body = _http.json_or_none(response)
+    psp = body.get("pspReference") if isinstance(body, dict) else None
+    return psp if isinstance(psp, str) else None
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class AdyenProcessor(Processor):
+    name = NAME
+    capabilities = Capabilities(cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True)
+
+    def __init__(
+        self,
+        *,
+        api_key: SecretStr,
+        merchant_account: str,
+        api_base: str = DEFAULT_API_BASE,
+        http: httpx2.AsyncClient | None = None,
+        known_transactions: KnownTransactions | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self._merchant_account = merchant_account
+        self._base = api_base.rstrip("/")
+        self._owns_http = http is None
+        self._http = http if http is not None else _http.build_client()
+        self._known_transactions = known_transactions
+
+    def __repr__(self) -> str:
+        return f"AdyenProcessor(merchant_account={self._merchant_account!r}, api_base={self._base!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+        if self._known_transactions is not None:
+            info = await self._known_transactions(transaction_id)
+            if info is not None:
+                return info
+        raise unknown_transaction(transaction_id)
+
+    async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
+        wire = build_refund_request(request, merchant_account=self._merchant_account)
+        http_request = self._http.build_request(
+            "POST",
+            f"{self._base}/payments/{quote(request.transaction_id, safe='')}/refunds",
+            json=wire.to_json(),
+            headers={
+                "X-API-Key": self._api_key.get_secret_value(),
+                "Idempotency-Key": request.idempotency_key,
+                "Accept": "application/json",
+            },
+        )
+        response = await _http.send(self._http, http_request, processor=NAME, request_id_of=_request_id)
+        body = _http.json_or_none(response)
+        if not response.is_success:
+            transient = response.headers.get("transient-error", "").strip().lower() == "true"
+            raise error_from_response(response.status_code, body, transient=transient, request_id=_request_id(response))
+        refund = _http.parse_answer(
+            AdyenRefundResponse, body, processor=NAME, response=response, mutating=True, request_id=None
+        )
+        return refund_from_wire(refund)
+
+    async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
+        raise NotSupported("Adyen has no refund status API; outcomes arrive by webhook")

@@ -1,0 +1,509 @@
+"""PayPal adapter (Payments v2).
+
+Wire: OAuth2 client-credentials token from `POST /v1/oauth2/token`; `POST
+/v2/payments/captures/{id}/refund` (JSON, `PayPal-Request-Id` = idempotency key, `Prefer:
+return=representation`), `GET /v2/payments/refunds/{id}`, `GET /v2/payments/captures/{id}`.
+Amounts are decimal strings ("10.00", "1500", "1.250") in the currency's exponent. The request
+id is the `Paypal-Debug-Id` header (or the error body's `debug_id`).
+
+Choices worth knowing:
+- `custom_id` carries our refund id (PayPal's reconciliation field, shown in reports);
+  `invoice_id` is left alone because PayPal refuses a reused one (DUPLICATE_INVOICE_ID) and the
+  merchant may already use it for the order's invoice.
+- `note_to_payer` is shown to the payer: it is the reason in plain words, then the note if any.
+- Refunded-so-far on lookup: a capture carries no refunded total (only each refund's
+  `seller_payable_breakdown.total_refunded_amount` does). A REFUNDED capture counts as fully
+  refunded; COMPLETED as nothing refunded; PARTIALLY_REFUNDED reports 0, so refund-mcp's own
+  records decide the remaining balance and PayPal's REFUND_AMOUNT_EXCEEDED stays the backstop.
+- There is no cancel operation in the spec, so `cancel_refund` is the base class's NotSupported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from refund_mcp.domain.errors import (
+    Delivery,
+    ProcessorAuthFailed,
+    ProcessorCallError,
+    ProcessorError,
+    ProcessorUnavailable,
+    RefundError,
+    RefundNotFound,
+    TransactionNotFound,
+    ValidationFailed,
+)
+from refund_mcp.domain.models import (
+    Capabilities,
+    ProcessorRefund,
+    ProcessorRefundRequest,
+    RefundReason,
+    RefundStatus,
+    TransactionInfo,
+)
+from refund_mcp.domain.money import from_decimal_string, to_decimal_string
+from refund_mcp.processors import _http
+from refund_mcp.processors._http import M
+from refund_mcp.processors.base import Processor
+
+NAME = "paypal"
+DEFAULT_API_BASE = "https://api-m.sandbox.paypal.com"
+DEBUG_ID_HEADER = "Paypal-Debug-Id"
+TOKEN_PATH = "/v1/oauth2/token"
+# Refresh this long before PayPal's expiry so a token never dies between our check and its use.
+TOKEN_REFRESH_MARGIN_SECONDS = 120.0
+NOTE_TO_PAYER_MAX = 255
+
+Flow = Literal["lookup", "create", "get"]
+
+
+# --------------------------------------------------------------------------- wire structs
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class PayPalMoney(_Wire):
+    currency_code: str
+    value: str
+
+
+class PayPalRefundRequest(_Wire):
+    """Body of `POST /v2/payments/captures/{capture_id}/refund` (schema `refund_request`)."""
+
+    amount: PayPalMoney | None = None
+    custom_id: str | None = None
+    note_to_payer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class PayPalTokenResponse(_Wire):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: float
+
+    def __repr__(self) -> str:  # the token is a credential
+        return f"PayPalTokenResponse(token_type={self.token_type!r}, expires_in={self.expires_in!r})"
+
+
+class PayPalLink(_Wire):
+    href: str
+    rel: str
+    method: str | None = None
+
+
+class PayPalStatusDetails(_Wire):
+    reason: str | None = None
+
+
+class PayPalSellerPayableBreakdown(_Wire):
+    total_refunded_amount: PayPalMoney | None = None
+
+
+class PayPalRefundResponse(_Wire):
+    """Schema `refund` (with `Prefer: return=representation`)."""
+
+    id: str
+    status: str | None = None
+    status_details: PayPalStatusDetails | None = None
+    amount: PayPalMoney | None = None
+    custom_id: str | None = None
+    create_time: str | None = None
+    update_time: str | None = None
+    seller_payable_breakdown: PayPalSellerPayableBreakdown | None = None
+    links: list[PayPalLink] = []
+
+
+class PayPalCaptureResponse(_Wire):
+    """Schema `capture-2` (`GET /v2/payments/captures/{id}`)."""
+
+    id: str
+    status: str
+    amount: PayPalMoney
+    invoice_id: str | None = None
+    custom_id: str | None = None
+    final_capture: bool | None = None
+    create_time: str | None = None
+
+
+class PayPalErrorDetail(_Wire):
+    issue: str | None = None
+    description: str | None = None
+    field: str | None = None
+
+
+class PayPalErrorResponse(_Wire):
+    name: str | None = None
+    message: str | None = None
+    debug_id: str | None = None
+    details: list[PayPalErrorDetail] = []
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+_STATUS = {
+    "COMPLETED": RefundStatus.SUCCEEDED,
+    "PENDING": RefundStatus.PENDING,
+    "FAILED": RefundStatus.FAILED,
+    "CANCELLED": RefundStatus.CANCELLED,
+}
+
+_REASON_TEXT = {
+    RefundReason.DUPLICATE: "Duplicate charge",
+    RefundReason.FRAUDULENT: "Fraudulent charge",
+    RefundReason.REQUESTED_BY_CUSTOMER: "Refund requested by you",
+    RefundReason.PRODUCT_NOT_RECEIVED: "Product not received",
+    RefundReason.PRODUCT_DEFECTIVE: "Product defective",
+    RefundReason.SERVICE_ISSUE: "Service issue",
+    RefundReason.GOODWILL: "Goodwill refund",
+}
+
+# 422 `issue` -> our code (schema `captures.refund-422`); anything else is processor_error.
+_ISSUES = {
+    "CAPTURE_FULLY_REFUNDED": "already_refunded",
+    "REFUND_AMOUNT_EXCEEDED": "amount_exceeds_refundable",
+    "REFUND_CAPTURE_CURRENCY_MISMATCH": "currency_mismatch",
+    "CURRENCY_MISMATCH": "currency_mismatch",
+    "REFUND_NOT_ALLOWED": "not_refundable",
+    "REFUND_TIME_LIMIT_EXCEEDED": "not_refundable",
+    "TRANSACTION_DISPUTED": "not_refundable",
+    "REFUND_NOT_PERMITTED_DUE_TO_CHARGEBACK": "not_refundable",
+}
+
+# Capture statuses that mean money was captured (REFUNDED too: it was captured, then refunded).
+_CAPTURED = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
+
+
+def refund_status(paypal_status: str | None) -> RefundStatus:
+    """PayPal's refund status to ours; an unknown one stays PENDING (keeps the amount reserved)."""
+    return _STATUS.get((paypal_status or "").upper(), RefundStatus.PENDING)
+
+
+def note_to_payer(reason: RefundReason, note: str | None) -> str:
+    """The payer-visible text: one line (the spec's pattern `^.*$` has no newlines), ≤ 255 chars."""
+    text = _REASON_TEXT[reason]
+    if note and note.strip():
+        text = f"{text}: {' '.join(note.split())}"
+    if len(text) > NOTE_TO_PAYER_MAX:
+        text = text[: NOTE_TO_PAYER_MAX - 1] + "…"
+    return text
+
+
+def build_refund_request(request: ProcessorRefundRequest) -> PayPalRefundRequest:
+    return PayPalRefundRequest(
+        amount=PayPalMoney(
+            currency_code=request.currency, value=to_decimal_string(request.amount_minor, request.currency)
+        ),
+        custom_id=request.refund_id,
+        note_to_payer=note_to_payer(request.reason, request.note),
+    )
+
+
+def token_lifetime(expires_in: float) -> float:
+    """How long to reuse a token: its lifetime minus a margin (half of it for very short tokens)."""
+    return max(0.0, expires_in - min(TOKEN_REFRESH_MARGIN_SECONDS, expires_in / 2))
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _capture_id_from_links(links: list[PayPalLink]) -> str | None:
+    for link in links:
+        if link.rel == "up" and "/captures/" in link.href:
+            return link.href.rstrip("/").rsplit("/", 1)[-1]
+    return None
+
+
+def refund_from_wire(refund: PayPalRefundResponse, *, request_id: str | None) -> ProcessorRefund:
+    """Raises ValidationFailed when the amount is not a valid decimal for its currency."""
+    if refund.amount is None:
+        raise ValidationFailed("paypal refund carries no amount", fields=["amount"])
+    currency = refund.amount.currency_code.upper()
+    return ProcessorRefund(
+        processor_refund_id=refund.id,
+        status=refund_status(refund.status),
+        amount_minor=from_decimal_string(refund.amount.value, currency),
+        currency=currency,
+        processor_status=refund.status or "unknown",
+        request_id=request_id,
+        failure_reason=refund.status_details.reason if refund.status_details else None,
+        transaction_id=_capture_id_from_links(refund.links),
+        created_at=_time(refund.create_time),
+    )
+
+
+def transaction_from_capture(capture: PayPalCaptureResponse) -> TransactionInfo:
+    """Raises ValidationFailed when the amount is not a valid decimal for its currency."""
+    currency = capture.amount.currency_code.upper()
+    amount = from_decimal_string(capture.amount.value, currency)
+    status = capture.status.upper()
+    captured = amount if status in _CAPTURED else 0
+    return TransactionInfo(
+        processor=NAME,
+        transaction_id=capture.id,
+        amount_minor=amount,
+        currency=currency,
+        captured_minor=captured,
+        refunded_minor=captured if status == "REFUNDED" else 0,  # see the module docstring
+        status=status.lower(),
+        created_at=_time(capture.create_time),
+        customer_ref=None,  # a capture names the payee (the merchant), never the payer
+        description=capture.invoice_id or capture.custom_id,
+        refundable=status in _CAPTURED,
+    )
+
+
+def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str | None) -> RefundError:
+    """Map a PayPal 4xx (other than 401/403/429, handled in `_http`) to the error tree."""
+    try:
+        error = PayPalErrorResponse.model_validate(body)
+    except ValidationError:
+        error = PayPalErrorResponse()
+    issues = [detail.issue for detail in error.details if detail.issue]
+    first = next((detail for detail in error.details if detail.issue), None)
+    said = f": {first.description}" if first and first.description else (f": {error.message}" if error.message else "")
+    request_id = request_id or error.debug_id
+    if status == 404 or error.name == "RESOURCE_NOT_FOUND":
+        if flow == "get":
+            return RefundNotFound(f"paypal has no such refund{said}")
+        return TransactionNotFound(f"paypal has no such capture{said}")
+    if status == 409 or error.name == "RESOURCE_CONFLICT":
+        # "A previous request on this resource is currently in progress": its outcome is not known yet.
+        return ProcessorUnavailable(
+            "paypal is still processing an earlier request for this capture; retry later with the same PayPal-Request-Id",
+            processor=NAME,
+            delivery=Delivery.OUTCOME_UNKNOWN,
+            http_status=status,
+            request_id=request_id,
+            processor_code=issues[0] if issues else error.name,
+        )
+    mapped = next((issue for issue in issues if issue in _ISSUES), None)
+    if mapped is not None:
+        return ProcessorError(
+            f"paypal refused the refund ({mapped}){said}",
+            processor=NAME,
+            code=_ISSUES[mapped],
+            http_status=status,
+            request_id=request_id,
+            processor_code=mapped,
+        )
+    code = issues[0] if issues else error.name
+    return ProcessorError(
+        f"paypal refused the request (HTTP {status}, {code or 'no issue given'}){said}",
+        processor=NAME,
+        http_status=status,
+        request_id=request_id,
+        processor_code=code,
+    )
+
+
+def _request_id(response: httpx2.Response) -> str | None:
+    header = response.headers.get(DEBUG_ID_HEADER)
+    if header:
+        return header
+    body = _http.json_or_none(response)
+    debug_id = body.get("debug_id") if isinstance(body, dict) else None
+    return debug_id if isinstance(debug_id, str) else None
+
+
+def _segment(identifier: str) -> str:
+    return quote(identifier, safe="")
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class PayPalProcessor(Processor):
+    name = NAME
+    capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: SecretStr,
+        api_base: str = DEFAULT_API_BASE,
+        http: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._base = api_base.rstrip("/")
+        self._owns_http = http is None
+        self._http = http if http is not None else _http.build_client()
+        self._token: str | None = None
+        self._token_valid_until = 0.0
+        # One fetch at a time: concurrent callers wait for it and share the token it brings.
+        self._token_lock = asyncio.Lock()
+        self._clock: Callable[[], float] = time.monotonic  # replaceable in tests; never sleeps
+
+    def __repr__(self) -> str:
+        return f"PayPalProcessor(client_id={self._client_id!r}, api_base={self._base!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # ---------------------------------------------------------------- token
+
+    async def _access_token(self) -> str:
+        async with self._token_lock:
+            if self._token is not None and self._clock() < self._token_valid_until:
+                return self._token
+            token, lifetime = await self._fetch_token()
+            self._token, self._token_valid_until = token, self._clock() + lifetime
+            return token
+
+    def _forget_token(self, token: str) -> None:
+        # Only the token that failed: a concurrent caller may already have fetched a fresh one.
+        if self._token == token:
+            self._token = None
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        """Fetch a token. Any failure here means the actual API call was never sent (NOT_SENT)."""
+        basic = base64.b64encode(f"{self._client_id}:{self._client_secret.get_secret_value()}".encode()).decode()
+        request = self._http.build_request(
+            "POST",
+            self._base + TOKEN_PATH,
+            content=b"grant_type=client_credentials",
+            headers={
+                "Authorization": f"Basic {basic}",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+        )
+        try:
+            response = await _http.send(self._http, request, processor=NAME, request_id_of=_request_id)
+        except ProcessorCallError as exc:
+            if exc.delivery is Delivery.OUTCOME_UNKNOWN:
+                raise ProcessorUnavailable(
+                    "paypal's token endpoint failed; the refund request itself was not sent and can be retried",
+                    processor=NAME,
+                    delivery=Delivery.NOT_SENT,
+                    http_status=exc.http_status,
+                    request_id=exc.request_id,
+                ) from exc
+            raise
+        if not response.is_success:
+            # 400 invalid_client / invalid_grant: the credentials or the app are wrong. The body is
+            # never quoted (it describes the credentials); the refund itself was not sent.
+            raise ProcessorAuthFailed(
+                f"paypal refused the token request (HTTP {response.status_code}); "
+                "check PAYPAL_CLIENT_ID, PAYPAL_CLIENT_SECRET and PAYPAL_API_BASE",
+                processor=NAME,
+                http_status=response.status_code,
+                request_id=_request_id(response),
+            )
+        token = _http.parse_answer(
+            PayPalTokenResponse,
+            _http.json_or_none(response),
+            processor=NAME,
+            response=response,
+            mutating=False,
+            request_id=_request_id(response),
+        )
+        return token.access_token, token_lifetime(token.expires_in)
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        flow: Flow,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[M, str | None]:
+        response: httpx2.Response | None = None
+        for attempt in (1, 2):
+            token = await self._access_token()
+            request = self._http.build_request(
+                method,
+                self._base + path,
+                json=json,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})},
+            )
+            response = await _http.send(self._http, request, processor=NAME, check_common_status=False)
+            if response.status_code == 401 and attempt == 1:
+                # The token expired or was revoked early: fetch a new one and try exactly once more.
+                # Safe for the refund POST too: a 401 was not acted on, and the PayPal-Request-Id is reused.
+                self._forget_token(token)
+                continue
+            break
+        assert response is not None
+        request_id = _request_id(response)
+        error = _http.common_status_error(response, processor=NAME, request_id=request_id)
+        if error is not None:
+            raise error
+        body = _http.json_or_none(response)
+        if not response.is_success:
+            raise error_from_response(response.status_code, body, flow=flow, request_id=request_id)
+        return (
+            _http.parse_answer(
+                model, body, processor=NAME, response=response, mutating=method == "POST", request_id=request_id
+            ),
+            request_id,
+        )
+
+    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+        capture, request_id = await self._call(
+            "GET", f"/v2/payments/captures/{_segment(transaction_id)}", PayPalCaptureResponse, flow="lookup"
+        )
+        try:
+            return transaction_from_capture(capture)
+        except ValidationFailed as exc:
+            raise ProcessorError(
+                f"paypal returned an amount refund-mcp could not read ({exc.message})", processor=NAME, request_id=request_id
+            ) from exc
+
+    async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
+        wire = build_refund_request(request)
+        refund, request_id = await self._call(
+            "POST",
+            f"/v2/payments/captures/{_segment(request.transaction_id)}/refund",
+            PayPalRefundResponse,
+            flow="create",
+            json=wire.to_json(),
+            headers={"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"},
+        )
+        try:
+            return refund_from_wire(refund, request_id=request_id)
+        except ValidationFailed as exc:
+            raise ProcessorUnavailable(
+                f"paypal accepted the refund but its amount could not be read ({exc.message}); "
+                "retry only with the same PayPal-Request-Id",
+                processor=NAME,
+                delivery=Delivery.OUTCOME_UNKNOWN,
+                request_id=request_id,
+            ) from exc
+
+    async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
+        refund, request_id = await self._call(
+            "GET", f"/v2/payments/refunds/{_segment(processor_refund_id)}", PayPalRefundResponse, flow="get"
+        )
+        try:
+            return refund_from_wire(refund, request_id=request_id)
+        except ValidationFailed as exc:
+            raise ProcessorError(
+                f"paypal returned an amount refund-mcp could not read ({exc.message})", processor=NAME, request_id=request_id
+            ) from exc
