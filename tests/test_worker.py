@@ -1,0 +1,86 @@
+"""The worker: queued refunds are retried with the same key; pending ones are synced to a final state."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from mcp import Client
+from refund_mcp.worker import run_once
+
+pytestmark = pytest.mark.anyio
+
+TXN = "sandbox:demo_usd_order"
+
+
+async def test_a_refund_queued_by_an_unreachable_processor_is_retried_and_succeeds(app_factory):
+    async with app_factory() as app, Client(app.server) as client:
+        queued = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 199})).structured_content
+        assert queued["status"] == "queued"
+        assert queued["retry"]["next_attempt_at"] is not None
+        # Nothing is due until the backoff passes: the worker leaves it alone.
+        assert await app.service.process_due() == 0
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(minutes=10)
+        assert await app.service.process_due() == 1
+        app.service.clock = real_clock
+        status = (await client.call_tool("get_refund_status", {"refund_id": queued["refund_id"]})).structured_content
+        assert status["status"] == "succeeded"
+        assert status["retry"]["attempts"] == 2
+        trail = [r["action"] for r in (await app.service.refund_with_trail(queued["refund_id"]))["audit_trail"]]
+        assert trail == ["refund.reserved", "refund.retry_scheduled", "refund.submitted", "refund.status"]
+
+
+async def test_a_pending_refund_is_synced_to_its_final_state_and_then_left_alone(app_factory):
+    async with app_factory() as app, Client(app.server) as client:
+        pending = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 142})).structured_content
+        assert pending["status"] == "pending"
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(minutes=1)
+        assert await app.service.sync_statuses() == 1
+        assert await app.service.sync_statuses() == 0  # final: no more polling
+        app.service.clock = real_clock
+        status = (await client.call_tool("get_refund_status", {"refund_id": pending["refund_id"], "refresh": False})).structured_content
+        assert status["status"] == "succeeded"
+
+
+async def test_get_refund_status_with_refresh_asks_the_processor(app_factory):
+    async with app_factory() as app, Client(app.server) as client:
+        pending = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 242})).structured_content
+        stale = (await client.call_tool("get_refund_status", {"refund_id": pending["refund_id"], "refresh": False})).structured_content
+        assert stale["status"] == "pending" and stale["status_source"] == "records"
+        fresh = (await client.call_tool("get_refund_status", {"refund_id": pending["refund_id"]})).structured_content
+        assert fresh["status"] == "succeeded" and fresh["status_source"] == "processor"
+
+
+async def test_a_requires_action_refund_is_cancelled_at_the_processor(app_factory):
+    async with app_factory() as app, Client(app.server) as client:
+        stuck = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 177})).structured_content
+        assert stuck["status"] == "requires_action"
+        cancelled = (await client.call_tool("cancel_refund", {"refund_id": stuck["refund_id"]})).structured_content
+        assert cancelled["status"] == "cancelled"
+        txn = (await client.call_tool("lookup_transaction", {"transaction_id": TXN})).structured_content
+        assert txn["refundable_minor"] == 12000
+
+
+async def test_a_refund_whose_submitter_died_is_taken_over_after_its_lease_lapses(app_factory):
+    async with app_factory() as app:
+        from refund_mcp.service.refunds import Confirmation, RefundInput
+
+        # Reserve as create_refund does, but never submit: as if the process died right after the commit.
+        ref = await app.service.resolve_transaction_id(TXN)
+        info, _ = await app.service._fetch_transaction(ref)
+        view, submit = await app.service._reserve(
+            "agent-1", RefundInput(transaction_id=TXN, reason="service_issue", amount_minor=300), ref, info, None,
+            Confirmation.NOT_ASKED, {},
+        )
+        assert submit and view.status == "queued"
+        assert await run_once(app.service) == 0  # its lease is still held
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(seconds=app.settings.claim_seconds + 1)
+        assert await app.service.process_due() == 1
+        app.service.clock = real_clock
+        async with Client(app.server) as client:
+            status = (await client.call_tool("get_refund_status", {"refund_id": view.refund_id})).structured_content
+        assert status["status"] == "succeeded"
