@@ -68,6 +68,13 @@ class App:
         server = build_server(service, stdio_actor(settings))
         return cls(settings, db, processors, policy, service, server)
 
+    def reload_policy_on_sighup(self) -> None:
+        """SIGHUP re-reads the policy file now (it is also re-read when the file changes)."""
+        import asyncio
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy.reload)
+
     async def aclose(self) -> None:
         await self.processors.aclose()
         await self.db.dispose()

@@ -130,6 +130,8 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         customer_ref: str | None = None,
     ) -> Any:
         """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
+        if not service.confirmation_configured():
+            return ResolvedConfirmation(state="not_needed")
         actor = actor_of(ctx)
         req = RefundInput(
             transaction_id=transaction_id,

@@ -31,6 +31,8 @@ from refund_mcp.policy.schema import (
 )
 
 _CURRENCY_KEY = re.compile(r"\.[A-Z]{3}$")  # where an error sits on a currency amount
+# libyaml's loader when PyYAML was built with it: the same nodes and marks, ten times faster.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_KEY_TAG = "tag:yaml.org,2002:merge"
 _JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -109,14 +111,19 @@ def render_json_schema() -> str:
 
 def _parse_yaml(text: str, path: str) -> tuple[yaml.Node | None, Any]:
     # One pass gives both the node tree (for lines) and the plain data (for validation).
-    loader = yaml.SafeLoader(text)
+    loader = _SafeLoader(text)
     try:
         root = loader.get_single_node()
         document = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        problem = exc.problem or "syntax error"
+        if exc.context:
+            # e.g. an unclosed "[": the problem shows where the parser gave up, the context where it began.
+            started = exc.context_mark.line + 1 if exc.context_mark is not None else None
+            where = f" (from line {started})" if started is not None and started != line else ""
+            problem = f"{exc.context}{where}: {problem}"
         raise PolicyFileError(path, line, f"not valid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise PolicyFileError(path, None, f"not valid YAML: {exc}") from None

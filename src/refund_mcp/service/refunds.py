@@ -57,6 +57,8 @@ from refund_mcp.processors.registry import ProcessorRegistry
 from refund_mcp.service import views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
+from refund_mcp.service.events import EventsMixin
+from refund_mcp.service.operators import OperatorActionsMixin
 from refund_mcp.settings import Settings
 from refund_mcp.store import queries
 from refund_mcp.store.database import Database
@@ -123,7 +125,7 @@ def _decision_record(decision: Decision) -> dict[str, Any]:
     }
 
 
-class RefundService(ApprovalsMixin):
+class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     def __init__(
         self,
         db: Database,
@@ -420,6 +422,15 @@ class RefundService(ApprovalsMixin):
             message=messages[decision],
         )
 
+    def confirmation_configured(self) -> bool:
+        """Whether any part of the policy can ask for a confirmation (so create_refund need not preview otherwise)."""
+        policy = self.policy.engine().loaded.policy
+        return (
+            policy.confirmation is not None
+            or any(rule.confirmation is not None for rule in policy.rules)
+            or any(actor.confirmation is not None for actor in policy.actors.values())
+        )
+
     async def preview(self, actor: str, req: RefundInput) -> views.PolicyCheckView | None:
         """The decision create_refund would reach now, without recording anything; None if it cannot be evaluated.
 
@@ -432,10 +443,8 @@ class RefundService(ApprovalsMixin):
             info, _ = await self._fetch_transaction(ref)
             async with self.db.read() as conn:
                 ev = await self._evaluate(conn, actor, "create_refund", ref, info, req, cur)
-                if info is not None:
-                    # Nothing is recorded by a preview: the transaction upsert above is rolled back.
-                    raise _Rollback(self._policy_view(ev))
-                return self._policy_view(ev)
+                # Nothing is recorded by a preview: rolling back undoes the transaction upsert too.
+                raise _Rollback(self._policy_view(ev))
         except _Rollback as done:
             return done.view
         except RefundError:
@@ -664,7 +673,7 @@ class RefundService(ApprovalsMixin):
         maybe_sent = bool(row.maybe_sent) or exc.delivery.value == "outcome_unknown"
         if deadline is not None and now >= deadline:
             next_at = None
-            last_error = f"{exc} — retry deadline passed; a human must decide (see refund-mcp refunds resolve)"
+            last_error = f"{exc} — retry deadline passed; a human must decide (refund-mcp refunds resolve ID --failed|--retry --by NAME)"
             action = "refund.retry_exhausted"
         else:
             next_at = now + timedelta(seconds=self._backoff(attempts, exc.retry_after))

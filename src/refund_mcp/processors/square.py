@@ -1,0 +1,334 @@
+"""Square adapter.
+
+Wire: `POST /v2/refunds` (JSON; the idempotency key is the body's `idempotency_key`, ≤ 45
+characters), `GET /v2/refunds/{id}`, `GET /v2/payments/{id}`; `Authorization: Bearer` plus a
+pinned `Square-Version`. Errors are `{"errors": [{category, code, detail, field}]}`.
+
+Square has no cancel call for a PaymentRefund (only Terminal refunds), so `cancel_refund` is the
+base class's NotSupported. Square documents no request-id header; `x-request-id` is used when a
+proxy or Square sends one, otherwise the request id is None.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx2
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from refund_mcp.domain.errors import (
+    ProcessorError,
+    RefundError,
+    RefundNotFound,
+    TransactionNotFound,
+)
+from refund_mcp.domain.models import (
+    Capabilities,
+    ProcessorRefund,
+    ProcessorRefundRequest,
+    RefundReason,
+    RefundStatus,
+    TransactionInfo,
+)
+from refund_mcp.processors import _http
+from refund_mcp.processors._http import M
+from refund_mcp.processors.base import Processor
+
+NAME = "square"
+DEFAULT_API_BASE = "https://connect.squareupsandbox.com"
+DEFAULT_SQUARE_VERSION = "2025-08-20"
+IDEMPOTENCY_KEY_MAX = 45
+REASON_MAX = 192
+REQUEST_ID_HEADER = "x-request-id"
+
+Flow = Literal["lookup", "create", "get"]
+
+
+# --------------------------------------------------------------------------- wire structs
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SquareMoney(_Wire):
+    amount: int
+    currency: str
+
+
+class SquareRefundRequest(_Wire):
+    """Body of `POST /v2/refunds` (schema `RefundPaymentRequest`)."""
+
+    idempotency_key: str
+    payment_id: str
+    amount_money: SquareMoney
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class SquarePaymentRefund(_Wire):
+    id: str
+    status: str | None = None
+    amount_money: SquareMoney
+    payment_id: str | None = None
+    reason: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class SquareRefundResponse(_Wire):
+    """`RefundPaymentResponse` and `GetPaymentRefundResponse` share this shape."""
+
+    refund: SquarePaymentRefund
+
+
+class SquarePayment(_Wire):
+    id: str
+    status: str | None = None
+    amount_money: SquareMoney | None = None
+    total_money: SquareMoney | None = None
+    refunded_money: SquareMoney | None = None
+    created_at: str | None = None
+    buyer_email_address: str | None = None
+    customer_id: str | None = None
+    note: str | None = None
+
+
+class SquarePaymentResponse(_Wire):
+    payment: SquarePayment
+
+
+class SquareError(_Wire):
+    category: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    field: str | None = None
+
+
+class SquareErrorResponse(_Wire):
+    errors: list[SquareError] = []
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+_STATUS = {
+    "PENDING": RefundStatus.PENDING,
+    "COMPLETED": RefundStatus.SUCCEEDED,
+    "REJECTED": RefundStatus.FAILED,
+    "FAILED": RefundStatus.FAILED,
+}
+
+_REASON_TEXT = {
+    RefundReason.DUPLICATE: "Duplicate charge",
+    RefundReason.FRAUDULENT: "Fraudulent charge",
+    RefundReason.REQUESTED_BY_CUSTOMER: "Requested by customer",
+    RefundReason.PRODUCT_NOT_RECEIVED: "Product not received",
+    RefundReason.PRODUCT_DEFECTIVE: "Product defective",
+    RefundReason.SERVICE_ISSUE: "Service issue",
+    RefundReason.GOODWILL: "Goodwill refund",
+}
+
+# Square error code -> our code. REFUND_ALREADY_PENDING is a plain processor_error on purpose:
+# it says another refund is in flight, not that ours was made.
+_CODES = {
+    "REFUND_AMOUNT_INVALID": "amount_exceeds_refundable",
+    "VALUE_TOO_HIGH": "amount_exceeds_refundable",
+    "PAYMENT_NOT_REFUNDABLE": "not_refundable",
+    "PAYMENT_NOT_REFUNDABLE_DUE_TO_DISPUTE": "not_refundable",
+    "REFUND_ERROR_PAYMENT_NEEDS_COMPLETION": "not_refundable",
+    "REFUND_ALREADY_PENDING": "processor_error",
+    "IDEMPOTENCY_KEY_REUSED": "idempotency_conflict",
+    "UNSUPPORTED_CURRENCY": "currency_mismatch",
+    "CURRENCY_MISMATCH": "currency_mismatch",
+}
+
+# Payment statuses whose money was captured and can be refunded.
+_REFUNDABLE = frozenset({"COMPLETED"})
+
+
+def refund_status(square_status: str | None) -> RefundStatus:
+    """Square's refund status to ours; an unknown one stays PENDING (keeps the amount reserved)."""
+    return _STATUS.get((square_status or "").upper(), RefundStatus.PENDING)
+
+
+def refund_reason_text(reason: RefundReason, note: str | None) -> str:
+    text = _REASON_TEXT[reason]
+    if note and note.strip():
+        text = f"{text}: {' '.join(note.split())}"
+    return text[:REASON_MAX]
+
+
+def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest:
+    """Raises ValueError for an idempotency key longer than Square accepts (ours are ≤ 40)."""
+    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
+        raise ValueError(f"Square idempotency keys are at most {IDEMPOTENCY_KEY_MAX} characters")
+    return SquareRefundRequest(
+        idempotency_key=request.idempotency_key,
+        payment_id=request.transaction_id,
+        amount_money=SquareMoney(amount=request.amount_minor, currency=request.currency),
+        reason=refund_reason_text(request.reason, request.note),
+    )
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> ProcessorRefund:
+    return ProcessorRefund(
+        processor_refund_id=refund.id,
+        status=refund_status(refund.status),
+        amount_minor=refund.amount_money.amount,
+        currency=refund.amount_money.currency.upper(),
+        processor_status=refund.status or "unknown",
+        request_id=request_id,
+        failure_reason=refund.status if refund.status in ("REJECTED", "FAILED") else None,
+        transaction_id=refund.payment_id,
+        created_at=_time(refund.created_at),
+    )
+
+
+def transaction_from_payment(payment: SquarePayment) -> TransactionInfo:
+    total = payment.total_money or payment.amount_money
+    if total is None:
+        raise ValueError("square payment carries no amount")
+    status = (payment.status or "unknown").upper()
+    refundable = status in _REFUNDABLE
+    return TransactionInfo(
+        processor=NAME,
+        transaction_id=payment.id,
+        amount_minor=total.amount,
+        currency=total.currency.upper(),
+        captured_minor=total.amount if refundable else 0,
+        refunded_minor=payment.refunded_money.amount if payment.refunded_money else 0,
+        status=status.lower(),
+        created_at=_time(payment.created_at),
+        customer_ref=payment.buyer_email_address or payment.customer_id,
+        description=payment.note,
+        refundable=refundable,
+    )
+
+
+def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str | None) -> RefundError:
+    """Map a Square 4xx (other than 401/403/429, handled in `_http`) to the error tree."""
+    try:
+        errors = SquareErrorResponse.model_validate(body).errors
+    except ValidationError:
+        errors = []
+    first = errors[0] if errors else SquareError()
+    said = f": {first.detail}" if first.detail else ""
+    if status == 404 or first.code == "NOT_FOUND":
+        if flow == "get":
+            return RefundNotFound(f"square has no such refund{said}")
+        return TransactionNotFound(f"square has no such payment{said}")
+    mapped = next((error for error in errors if error.code in _CODES), None)
+    if mapped is not None and mapped.code is not None:
+        return ProcessorError(
+            f"square refused the refund ({mapped.code}){': ' + mapped.detail if mapped.detail else ''}",
+            processor=NAME,
+            code=_CODES[mapped.code],
+            http_status=status,
+            request_id=request_id,
+            processor_code=mapped.code,
+        )
+    return ProcessorError(
+        f"square refused the request (HTTP {status}, {first.code or 'no code'}){said}",
+        processor=NAME,
+        http_status=status,
+        request_id=request_id,
+        processor_code=first.code,
+    )
+
+
+def _request_id(response: httpx2.Response) -> str | None:
+    return response.headers.get(REQUEST_ID_HEADER)
+
+
+def _segment(identifier: str) -> str:
+    return quote(identifier, safe="")
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class SquareProcessor(Processor):
+    name = NAME
+    capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
+
+    def __init__(
+        self,
+        *,
+        access_token: SecretStr,
+        api_base: str = DEFAULT_API_BASE,
+        square_version: str = DEFAULT_SQUARE_VERSION,
+        http: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self._access_token = access_token
+        self._base = api_base.rstrip("/")
+        self._square_version = square_version
+        self._owns_http = http is None
+        self._http = http if http is not None else _http.build_client()
+
+    def __repr__(self) -> str:
+        return f"SquareProcessor(api_base={self._base!r}, square_version={self._square_version!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def _call(
+        self, method: str, path: str, model: type[M], *, flow: Flow, json: dict[str, Any] | None = None
+    ) -> tuple[M, str | None]:
+        request = self._http.build_request(
+            method,
+            self._base + path,
+            json=json,
+            headers={
+                "Authorization": f"Bearer {self._access_token.get_secret_value()}",
+                "Square-Version": self._square_version,
+                "Accept": "application/json",
+            },
+        )
+        response = await _http.send(self._http, request, processor=NAME, request_id_of=_request_id)
+        request_id = _request_id(response)
+        body = _http.json_or_none(response)
+        if not response.is_success:
+            raise error_from_response(response.status_code, body, flow=flow, request_id=request_id)
+        parsed = _http.parse_answer(
+            model, body, processor=NAME, response=response, mutating=method == "POST", request_id=request_id
+        )
+        return parsed, request_id
+
+    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+        answer, request_id = await self._call(
+            "GET", f"/v2/payments/{_segment(transaction_id)}", SquarePaymentResponse, flow="lookup"
+        )
+        try:
+            return transaction_from_payment(answer.payment)
+        except ValueError as exc:
+            raise ProcessorError(
+                f"square payment {transaction_id!r} carries no amount", processor=NAME, request_id=request_id
+            ) from exc
+
+    async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
+        wire = build_refund_request(request)
+        answer, request_id = await self._call(
+            "POST", "/v2/refunds", SquareRefundResponse, flow="create", json=wire.to_json()
+        )
+        return refund_from_wire(answer.refund, request_id=request_id)
+
+    async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
+        answer, request_id = await self._call(
+            "GET", f"/v2/refunds/{_segment(processor_refund_id)}", SquareRefundResponse, flow="get"
+        )
+        return refund_from_wire(answer.refund, request_id=request_id)

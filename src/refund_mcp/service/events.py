@@ -1,0 +1,121 @@
+"""Applying verified processor events: refund status changes, refunds made elsewhere, payments made known.
+
+Replays are no-ops (each event id is recorded once); final states never regress; a late failure
+after success is applied as `failed` and audited (the status rules in domain/models.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from refund_mcp.audit import log as audit
+from refund_mcp.audit.log import AuditEntry
+from refund_mcp.domain.ids import is_refund_id, new_refund_id
+from refund_mcp.domain.models import ProcessorRefund, RefundStatus, TransactionInfo
+from refund_mcp.store import queries, tables
+from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, WebhookEvent
+
+
+class EventsMixin:
+    """Mixed into RefundService."""
+
+    async def apply_event(self, event: WebhookEvent) -> str:
+        """Record one verified event; returns what happened: applied | replay | ignored | external | unknown."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            seen = await conn.execute(
+                select(tables.webhook_events.c.event_id).where(
+                    tables.webhook_events.c.processor == event.processor, tables.webhook_events.c.event_id == event.event_id
+                )
+            )
+            if seen.first() is not None:
+                return "replay"
+            await conn.execute(insert(tables.webhook_events).values(processor=event.processor, event_id=event.event_id, received_at=now))
+            if isinstance(event, IgnoredEvent):
+                await audit.append(conn, AuditEntry(actor=f"webhook:{event.processor}", action="webhook.ignored", target=None, outcome="ignored", detail={"kind": event.kind, "event_id": event.event_id}))
+                return "ignored"
+            if isinstance(event, PaymentEvent):
+                return await self._apply_payment_event(conn, event, now)
+            return await self._apply_refund_event(conn, event, now)
+
+    async def _apply_payment_event(self, conn: Any, event: PaymentEvent, now: Any) -> str:
+        canonical = f"{event.processor}:{event.transaction_id}"
+        existing = await queries.get_transaction(conn, canonical)
+        captured = max(event.captured_minor, existing.captured_minor if existing is not None else 0)
+        info = TransactionInfo(
+            processor=event.processor,
+            transaction_id=event.transaction_id,
+            amount_minor=event.amount_minor,
+            currency=event.currency,
+            captured_minor=captured,
+            refunded_minor=existing.processor_refunded_minor if existing is not None else 0,
+            status=event.status,
+            created_at=(existing.created_at if existing is not None and existing.created_at else event.occurred_at),
+            customer_ref=event.customer_ref or (existing.customer_ref if existing is not None else None),
+            description=event.description or (existing.description if existing is not None else None),
+            refundable=event.refundable,
+        )
+        await queries.upsert_transaction(conn, canonical, info, now)
+        await audit.append(
+            conn,
+            AuditEntry(actor=f"webhook:{event.processor}", action="transaction.recorded", target=canonical, outcome=event.status, detail={"event_id": event.event_id, "captured_minor": captured}),
+        )
+        return "applied"
+
+    async def _apply_refund_event(self, conn: Any, event: RefundEvent, now: Any) -> str:
+        row = await queries.get_refund_by_processor_id(conn, event.processor, event.processor_refund_id)
+        if row is None and event.our_refund_id and is_refund_id(event.our_refund_id):
+            row = await queries.get_refund(conn, event.our_refund_id)
+            if row is not None and row.processor != event.processor:
+                row = None
+        answer = ProcessorRefund(
+            processor_refund_id=event.processor_refund_id,
+            status=event.status,
+            amount_minor=event.amount_minor or 0,
+            currency=event.currency or "",
+            processor_status=event.processor_status,
+            failure_reason=event.failure_reason,
+        )
+        if row is not None:
+            await self.apply_processor_state(conn, row.id, answer, actor=f"webhook:{event.processor}", action="refund.webhook")
+            return "applied"
+        # Not ours: a refund made elsewhere (e.g. a dashboard). Record it so balances stay right.
+        canonical = f"{event.processor}:{event.transaction_id}" if event.transaction_id else None
+        txn = await queries.get_transaction(conn, canonical) if canonical else None
+        if txn is None or event.amount_minor is None:
+            await audit.append(
+                conn,
+                AuditEntry(actor=f"webhook:{event.processor}", action="webhook.unknown_refund", target=canonical, outcome="ignored",
+                           detail={"event_id": event.event_id, "processor_refund_id": event.processor_refund_id, "why": "payment not on record"}),
+            )
+            return "unknown"
+        refund_id = new_refund_id()
+        await queries.insert_refund(
+            conn,
+            id=refund_id,
+            transaction_id=txn.id,
+            processor=event.processor,
+            processor_refund_id=event.processor_refund_id,
+            status=event.status.value,
+            amount_minor=event.amount_minor,
+            currency=event.currency or txn.currency,
+            reason="requested_by_customer",
+            note="made outside refund-mcp (recorded from a webhook)",
+            actor="external",
+            origin="external",
+            fingerprint=f"external:{event.processor}:{event.processor_refund_id}"[:64],
+            attempts=0,
+            maybe_sent=True,
+            processor_status=event.processor_status,
+            failure_reason=event.failure_reason,
+            created_at=event.occurred_at or now,
+            updated_at=now,
+        )
+        await audit.append(
+            conn,
+            AuditEntry(actor=f"webhook:{event.processor}", action="refund.external", target=refund_id, outcome=event.status.value,
+                       detail={"event_id": event.event_id, "processor_refund_id": event.processor_refund_id, "transaction_id": txn.id, "amount_minor": event.amount_minor}),
+        )
+        return "external"
