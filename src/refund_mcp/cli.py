@@ -55,17 +55,6 @@ def _startup_summary(app: Any, transport: str, where: str) -> None:
 # ------------------------------------------------------------------ serve / worker
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
@@ -73,12 +62,16 @@ async def _serve(args: argparse.Namespace) -> int:
     from refund_mcp.worker import run_forever
 
     settings = _settings()
-    if args.transport == "http" and not _is_loopback(args.host) and settings.tokens_file is None and not os.environ.get("REFUND_MCP_OAUTH_ISSUER"):
-        print(
-            f"refusing to serve HTTP on {args.host} without auth: set REFUND_MCP_TOKENS (or OAuth) or use 127.0.0.1",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    http_auth = None
+    if args.transport == "http":
+        from refund_mcp.auth import AuthConfigError, load_auth_config, refuse_open_exposure
+
+        try:
+            http_auth = load_auth_config(os.environ, host=args.host, port=args.port)
+            refuse_open_exposure(args.host, http_auth)
+        except AuthConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
     app = await App.create(settings)
     try:
         async with anyio.create_task_group() as tg:
@@ -91,7 +84,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 from refund_mcp.http_app import serve_http
 
                 _startup_summary(app, "http", f"http://{args.host}:{args.port}/mcp")
-                await serve_http(app, args.host, args.port)
+                await serve_http(app, args.host, args.port, auth=http_auth)
             tg.cancel_scope.cancel()
     finally:
         await app.aclose()
@@ -274,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("--by", required=True, help="the approver's name (recorded in the audit log)")
         decide.add_argument("--note", default=None)
 
+    from refund_mcp.auth.cli import add_tokens_parser
+
+    add_tokens_parser(sub)
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending schema migrations")
@@ -301,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_approvals(args))
         if args.command == "db":
             return asyncio.run(_db(args))
+        if args.command == "tokens":
+            from refund_mcp.auth.cli import run_tokens
+
+            return run_tokens(args)
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -24,6 +24,7 @@ from mcp.server.mcpserver import (
 )
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
+from refund_mcp.auth import require_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN
 from refund_mcp.domain.models import RefundReason, RefundStatus
@@ -130,6 +131,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         customer_ref: str | None = None,
     ) -> Any:
         """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
+        require_scope("create_refund")
         if not service.confirmation_configured():
             return ResolvedConfirmation(state="not_needed")
         actor = actor_of(ctx)
@@ -163,6 +165,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         """Look up the original payment: amount, captured, refunded so far, reserved by refunds in progress,
         what is refundable now, its status, the customer reference (never card data) and its refunds.
         Call this first to learn the currency and how much can be refunded."""
+        require_scope("lookup_transaction")
         return await service.lookup_transaction(actor_of(ctx), transaction_id, processor)
 
     @server.tool(
@@ -195,6 +198,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         the whole remaining balance. The policy may refuse ([policy_denied]), ask the human in your client to
         confirm, or park the refund as pending_approval for a human approver. If the processor is down the refund
         is accepted as queued and sent automatically later. Repeating an identical call returns the first refund."""
+        require_scope("create_refund")
         actor = actor_of(ctx)
         req = RefundInput(
             transaction_id=transaction_id,
@@ -228,6 +232,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     ) -> RefundView:
         """The refund's current status, amount, approval and retry state. With refresh=true the processor is asked
         and the record updated; processors without a status API (Adyen) are answered from records kept by webhooks."""
+        require_scope("get_refund_status")
         return await service.get_refund_status(actor_of(ctx), refund_id, refresh)
 
     @server.tool(
@@ -241,6 +246,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     ) -> RefundView:
         """Cancel a refund that is waiting for approval or queued (not yet at the processor), or one that requires
         action on Stripe. Anything else is [not_supported], naming the processor."""
+        require_scope("cancel_refund")
         return await service.cancel_refund(actor_of(ctx), refund_id, reason)
 
     @server.tool(title="List refunds", annotations=_READ)
@@ -254,6 +260,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         cursor: Annotated[str | None, Field(max_length=200, description="next_cursor from the previous page.")] = None,
     ) -> RefundPage:
         """Refunds, newest first, with filters and pagination (pass next_cursor back as cursor)."""
+        require_scope("list_refunds")
         return await service.list_refunds(
             actor_of(ctx),
             status=status.value if status else None,
@@ -274,11 +281,13 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     ) -> PolicyCheckView:
         """Dry run: what create_refund would decide for this refund (allow, deny, needs_confirmation,
         needs_approval) and every rule that decided it. Moves no money and reserves nothing."""
+        require_scope("check_refund_policy")
         return await service.check_refund_policy(actor_of(ctx), transaction_id, reason.value, amount_minor, currency)
 
     @server.resource("refunds://policy", name="policy", title="Effective refund policy", mime_type="application/yaml")
     def policy_resource() -> str:
         """The refund policy in force, as YAML, with its version."""
+        require_scope("refunds://policy")
         engine = service.policy.engine()
         return f"# policy version {engine.version}\n{engine.loaded.text}"
 
@@ -287,6 +296,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     )
     async def refund_resource(refund_id: str) -> str:
         """One refund and every audit record about it."""
+        require_scope("refunds://refund/{refund_id}")
         import json
 
         try:
@@ -297,6 +307,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     @server.prompt(name="handle_refund_request", title="Handle a customer's refund request")
     def handle_refund_request(customer_message: str = "", transaction_id: str = "") -> str:
         """A short, safe procedure for handling a refund request."""
+        require_scope("handle_refund_request")
         return (
             "Handle this refund request safely, step by step:\n"
             "1. Verify the customer: the email or id they gave must match the payment's customer_ref.\n"

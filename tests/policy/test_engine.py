@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -37,7 +37,9 @@ SINGLE_RULES: list[Any] = [
     pytest.param({"reason": "product_defective"}, "reasons", DENY, "not among the allowed", id="unlisted-reason"),
     pytest.param({"reason": "because"}, "reasons", DENY, "reason because is not", id="unknown-reason"),
     pytest.param({"currency": "EUR"}, "currencies", DENY, "EUR has no per-refund limit", id="currency-without-limit"),
-    pytest.param({"currency": "JPY", "amount_minor": 70000}, "limits.per_refund", ALLOW, "JPY 70000", id="jpy-at-limit"),
+    pytest.param(
+        {"currency": "JPY", "amount_minor": 70000}, "limits.per_refund", ALLOW, "JPY 70000", id="jpy-at-limit"
+    ),
     pytest.param(
         {"amount_minor": 50000}, "limits.per_refund", ALLOW, "USD 500.00 is within", id="amount-at-per-refund-limit"
     ),
@@ -149,7 +151,9 @@ def test_each_setting_decides_exactly_at_its_boundary(
         ({"amount_minor": 20001, "reason": "product_defective"}, DENY),
     ],
 )
-def test_the_decision_is_the_strictest_outcome_of_all_evaluated_rules(changes: dict[str, Any], outcome: Outcome) -> None:
+def test_the_decision_is_the_strictest_outcome_of_all_evaluated_rules(
+    changes: dict[str, Any], outcome: Outcome
+) -> None:
     decision = BASE.evaluate(request(**changes))
 
     assert decision.outcome == outcome
@@ -264,8 +268,12 @@ RULES = engine(
         pytest.param(
             {"processor": "paypal", "reason": "goodwill"}, DENY, {"rules[1].reasons"}, id="rule-narrows-reasons"
         ),
-        pytest.param({"processor": "paypal", "amount_minor": 10001}, DENY, {"rules[1].limits.per_refund"}, id="rule-lowers-limit"),
-        pytest.param({"processor": "stripe", "amount_minor": 10001}, ALLOW, None, id="rule-limit-only-where-it-matches"),
+        pytest.param(
+            {"processor": "paypal", "amount_minor": 10001}, DENY, {"rules[1].limits.per_refund"}, id="rule-lowers-limit"
+        ),
+        pytest.param(
+            {"processor": "stripe", "amount_minor": 10001}, ALLOW, None, id="rule-limit-only-where-it-matches"
+        ),
         pytest.param({"reason": "goodwill", "amount_minor": 2001}, DENY, {"rules[2]"}, id="deny-rule"),
         pytest.param({"reason": "goodwill", "amount_minor": 2000}, ALLOW, None, id="deny-rule-amount-boundary"),
         pytest.param({"amount_minor": 500}, CONFIRM, {"rules[3].confirmation.above"}, id="at-most-matches"),
@@ -277,7 +285,10 @@ RULES = engine(
             id="rule-cannot-loosen",
         ),
         pytest.param(
-            {"actor": "night-bot", "customer_ref": None}, DENY, {"rules[4].require_customer_match"}, id="rule-requires-customer"
+            {"actor": "night-bot", "customer_ref": None},
+            DENY,
+            {"rules[4].require_customer_match"},
+            id="rule-requires-customer",
         ),
         pytest.param(
             {"reason": "fraudulent", "processor": "paypal", "amount_minor": 300},
@@ -311,7 +322,9 @@ def test_every_rule_is_listed_with_whether_it_applies() -> None:
     assert result(decision, "rules[2]").detail == "does not apply: reason fraudulent is not goodwill"
     assert result(decision, "rules[3]").detail == "applies: currency is USD or EUR and amount is at most USD 5.00"
     assert result(decision, "rules[4]").detail == "does not apply: actor alice is not night-bot or weekend-bot"
-    assert all(rule.outcome == ALLOW for rule in decision.rules if rule.name.startswith("rules[") and "." not in rule.name)
+    assert all(
+        rule.outcome == ALLOW for rule in decision.rules if rule.name.startswith("rules[") and "." not in rule.name
+    )
     assert "rules[1].limits.per_refund" not in names(decision)  # settings of rules that do not apply are not evaluated
 
 
@@ -389,7 +402,9 @@ ACTORS = engine(
         pytest.param(
             {"actor": "tier1-bot", "reason": "goodwill"}, DENY, {"actors.tier1-bot.reasons"}, id="actor-narrows-reasons"
         ),
-        pytest.param({"actor": "generous-bot", "amount_minor": 60000}, DENY, {"limits.per_refund"}, id="actor-cannot-loosen"),
+        pytest.param(
+            {"actor": "generous-bot", "amount_minor": 60000}, DENY, {"limits.per_refund"}, id="actor-cannot-loosen"
+        ),
         pytest.param({"actor": "auditor-bot"}, DENY, {"actors.auditor-bot.tools"}, id="read-only-actor-cannot-refund"),
         pytest.param(
             {"actor": "auditor-bot", "tool": "check_refund_policy"},
@@ -502,8 +517,6 @@ def test_outcomes_rank_deny_over_approval_over_confirmation_over_allow() -> None
 
 
 def test_requests_at_the_same_instant_in_other_time_zones_are_equal() -> None:
-    from datetime import timezone
-
     tokyo = timezone(timedelta(hours=9))
     created: datetime = (NOW - timedelta(days=180)).astimezone(tokyo)
 

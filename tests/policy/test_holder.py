@@ -77,9 +77,7 @@ def test_an_unchanged_file_keeps_the_same_engine(policy_file: PolicyFile, clock:
     assert holder.engine() is first
 
 
-def test_a_touched_file_with_the_same_content_keeps_the_same_version(
-    policy_file: PolicyFile, clock: FakeClock
-) -> None:
+def test_a_touched_file_with_the_same_content_keeps_the_same_version(policy_file: PolicyFile, clock: FakeClock) -> None:
     holder = PolicyHolder(policy_file.path, clock=clock)
     first = holder.engine()
 
@@ -101,7 +99,9 @@ def test_a_broken_file_keeps_the_last_good_policy_and_logs_where_it_is_wrong(
         current = holder.engine()
 
     assert current is good
-    assert holder.last_error == f"{policy_file.path}:3: limits.per_refund.USD: Input should be greater than or equal to 0"
+    assert (
+        holder.last_error == f"{policy_file.path}:3: limits.per_refund.USD: Input should be greater than or equal to 0"
+    )
     assert [record.levelno for record in caplog.records] == [logging.ERROR]
     assert holder.last_error in caplog.records[0].getMessage()
 

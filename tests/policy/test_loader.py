@@ -93,6 +93,26 @@ BAD_FILES = [
     pytest.param(
         """\
         version: 1
+        reason: [duplicate]
+        """,
+        2,
+        "reason: unknown key (did you mean 'reasons'?)",
+        id="misspelt-top-level-key",
+    ),
+    pytest.param(
+        """\
+        version: 1
+        rules:
+          - when: {amount: {below: {USD: 100}}}
+            deny: true
+        """,
+        3,
+        "rules[0].when.amount.below: unknown key; allowed here: above, at_most",
+        id="unknown-key-lists-what-is-allowed",
+    ),
+    pytest.param(
+        """\
+        version: 1
         limits:
           per_refund:
             USD: 500
@@ -245,7 +265,7 @@ BAD_FILES = [
               expires_after_hours: 2
         """,
         6,
-        "actors.tier1-bot.approval.expires_after_hours: is not allowed here",
+        "actors.tier1-bot.approval.expires_after_hours: unknown key; allowed here: above",
         id="top-level-only-setting-under-an-actor",
     ),
     pytest.param(

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from refund_mcp.domain.money import format_display
 from refund_mcp.domain.models import RefundReason
+from refund_mcp.domain.money import format_display
 from refund_mcp.policy import (
     Outcome,
     PolicyEngine,
@@ -50,7 +50,9 @@ def test_the_shipped_policies_satisfy_the_json_schema(name: str) -> None:
 def test_the_json_schema_refuses_what_the_loader_refuses() -> None:
     validator = jsonschema.Draft202012Validator(policy_json_schema())
 
-    assert validator.is_valid({"version": 1, "reasons": ["duplicate"], "rules": [{"when": {"reason": "duplicate"}, "deny": True}]})
+    assert validator.is_valid(
+        {"version": 1, "reasons": ["duplicate"], "rules": [{"when": {"reason": "duplicate"}, "deny": True}]}
+    )
     assert not validator.is_valid({"version": 1, "limits": {"per_refunds": {"USD": 1}}})
     assert not validator.is_valid({"version": 1, "limits": {"per_refund": {"usd": 1}}})
     assert not validator.is_valid({"version": 1, "limits": {"per_refund": {"USD": 1.5}}})

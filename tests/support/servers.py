@@ -47,6 +47,15 @@ def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], deadline_seconds
 @contextmanager
 def http_server(env: Mapping[str, str], *extra_args: str, port: int | None = None) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT) of a `refund-mcp serve --transport http` subprocess."""
+    with server_process(env, *extra_args, port=port) as (base, _proc):
+        yield base
+
+
+@contextmanager
+def server_process(
+    env: Mapping[str, str], *extra_args: str, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like http_server, but also yields the process, for tests that kill it."""
     port = port or free_port()
     full_env = {**os.environ, **env}
     proc = subprocess.Popen(
@@ -58,7 +67,7 @@ def http_server(env: Mapping[str, str], *extra_args: str, port: int | None = Non
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(f"{base}/healthz", proc)
-        yield base
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

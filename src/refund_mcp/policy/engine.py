@@ -148,10 +148,10 @@ class PolicyEngine:
         Considers the top level, the actor's entry, and rules whose `when` names only actors (other
         conditions cannot be judged before a refund is known).
         """
-        results = [_tools_check(self._policy.tools, "tools", tool, top_level=True)]
+        results = [_tools_check(self._policy.tools, "tools", tool)]
         for prefix, source in self._actor_sources(actor):
             if source.tools is not None:
-                results.append(_tools_check(source.tools, f"{prefix}tools", tool, top_level=False))
+                results.append(_tools_check(source.tools, f"{prefix}tools", tool))
         denied = [result for result in results if result.outcome == Outcome.DENY]
         return denied[0] if denied else results[0]
 
@@ -188,7 +188,7 @@ def _source_checks(source: Overrides, prefix: str, request: PolicyRequest, *, to
     settings it gives are, since a missing setting there changes nothing.
     """
     if top_level or source.tools is not None:
-        yield _tools_check(source.tools, f"{prefix}tools", _REFUND_TOOL, top_level=top_level)
+        yield _tools_check(source.tools, f"{prefix}tools", _REFUND_TOOL)
     if top_level or source.processors is not None:
         yield _processors_check(source.processors, f"{prefix}processors", request)
     if top_level or source.reasons is not None:
@@ -230,7 +230,7 @@ def _limit_checks(limits: Limits, prefix: str, request: PolicyRequest, *, top_le
         yield _age_check(limits.max_transaction_age_days, f"{prefix}max_transaction_age_days", request)
 
 
-def _tools_check(allowed: Sequence[str] | None, name: str, tool: str, *, top_level: bool) -> RuleResult:
+def _tools_check(allowed: Sequence[str] | None, name: str, tool: str) -> RuleResult:
     if allowed is None:
         # Only reachable at the top level: a missing list allows every tool, so small files stay usable.
         return RuleResult(name, Outcome.ALLOW, f"no tools list, so every tool is allowed, {tool} included")
@@ -242,7 +242,9 @@ def _tools_check(allowed: Sequence[str] | None, name: str, tool: str, *, top_lev
 def _processors_check(allowed: Sequence[str] | None, name: str, request: PolicyRequest) -> RuleResult:
     processor = request.processor
     if allowed is None:
-        return RuleResult(name, Outcome.ALLOW, f"no processors list, so every processor is allowed, {processor} included")
+        return RuleResult(
+            name, Outcome.ALLOW, f"no processors list, so every processor is allowed, {processor} included"
+        )
     if processor in allowed:
         return RuleResult(name, Outcome.ALLOW, f"processor {processor} is allowed")
     return RuleResult(

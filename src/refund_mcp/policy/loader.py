@@ -14,21 +14,13 @@ import os
 import pathlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from refund_mcp.policy.schema import (
-    AmountMatch,
-    ApprovalSettings,
-    Limits,
-    Overrides,
-    Policy,
-    Rule,
-    Threshold,
-    When,
-)
+from refund_mcp.policy.schema import Policy
 
 _CURRENCY_KEY = re.compile(r"\.[A-Z]{3}$")  # where an error sits on a currency amount
 # libyaml's loader when PyYAML was built with it: the same nodes and marks, ten times faster.
@@ -98,7 +90,7 @@ def default_policy_path() -> pathlib.Path:
 
 def policy_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the policy file, for editors and `refund-mcp policy schema`."""
-    schema = _drop_nullable(Policy.model_json_schema())
+    schema: dict[str, Any] = _drop_nullable(Policy.model_json_schema())
     schema["$schema"] = _JSON_SCHEMA_DIALECT
     schema["title"] = "refund-mcp policy"
     return schema
@@ -197,26 +189,18 @@ def _child(node: yaml.Node, step: int | str) -> tuple[yaml.Node, int] | None:
 
 
 def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-_KNOWN_KEYS = sorted(
-    {
-        name
-        for model in (Policy, Overrides, Rule, Limits, Threshold, ApprovalSettings, When, AmountMatch)
-        for name in model.model_fields
-    }
-)
+    return int(node.start_mark.line) + 1
 
 
 def _describe(error: Any, where: str) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = where.rsplit(".", 1)[-1]
-        if key in _KNOWN_KEYS:
-            return "is not allowed here"
-        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
-        return f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+        allowed = sorted(_fields_at(error["loc"][:-1]))
+        close = difflib.get_close_matches(key, allowed, n=1)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        return f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
     if kind == "missing":
         return "is required"
     message = str(error["msg"])
@@ -229,12 +213,47 @@ def _describe(error: Any, where: str) -> str:
     return message
 
 
+def _fields_at(loc: tuple[int | str, ...]) -> set[str]:
+    """The keys the schema allows in the mapping at `loc`, found by following the models' annotations."""
+    current: Any = Policy
+    for step in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(step))
+            if field is None:
+                return set()  # a validator tag, not a key
+            current = field.annotation
+        elif get_origin(current) is list:
+            current = get_args(current)[0]
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return set()
+    current = _unwrap(current)
+    return set(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else set()
+
+
+def _unwrap(annotation: Any) -> Any:
+    # Annotated[X, ...] -> X and X | None -> X, so only models and containers remain.
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):
+            options = [option for option in get_args(annotation) if option is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation
+
+
 def _drop_nullable(schema: Any) -> Any:
     # Optional fields appear as `anyOf: [X, null]`, but the loader refuses explicit nulls; the schema
     # should say what the loader accepts.
     if isinstance(schema, dict):
         options = schema.get("anyOf")
-        if isinstance(options, list) and {"type": "null"} in options and schema.get("default", 0) is None:
+        nullable_by_default = "default" in schema and schema["default"] is None
+        if isinstance(options, list) and {"type": "null"} in options and nullable_by_default:
             rest = [option for option in options if option != {"type": "null"}]
             merged = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
             if len(rest) == 1:

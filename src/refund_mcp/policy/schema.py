@@ -129,8 +129,7 @@ class Limits(_PolicyModel):
     )
     global_daily: CurrencyAmounts | None = Field(
         default=None,
-        description="Cap on all actors' refunds together per currency over the last 24 hours "
-        "(listed currencies only).",
+        description="Cap on all actors' refunds together per currency over the last 24 hours (listed currencies only).",
     )
     max_refunds_per_transaction: Count | None = Field(
         default=None, description="Most refunds (not failed or cancelled) one transaction may have."
@@ -234,7 +233,7 @@ class Policy(Overrides):
     """The whole policy file."""
 
     version: Literal[1] = Field(description="Format version of this file; must be 1.")
-    approval: ApprovalSettings | None = Field(  # type: ignore[assignment]  # narrower: adds the lifetime
+    approval: ApprovalSettings | None = Field(  # narrower than Overrides.approval: adds the lifetime
         default=None, description="Park refunds above these amounts as pending_approval for a human approver."
     )
     rules: list[Rule] = Field(

@@ -251,6 +251,26 @@ def refund_from_wire(refund: PayPalRefundResponse, *, request_id: str | None) ->
     )
 
 
+def replay_mismatch(
+    request: ProcessorRefundRequest, refund: PayPalRefundResponse, answer: ProcessorRefund
+) -> RefundError | None:
+    """PayPal answers a reused PayPal-Request-Id with the original refund whatever the new body
+    says; a different refund id or amount means the key was reused for another refund."""
+    if (refund.custom_id is not None and refund.custom_id != request.refund_id) or (
+        answer.amount_minor,
+        answer.currency,
+    ) != (request.amount_minor, request.currency):
+        return ProcessorError(
+            "paypal returned an earlier, different refund for this PayPal-Request-Id; "
+            "the idempotency key was reused for another refund",
+            processor=NAME,
+            code="idempotency_conflict",
+            request_id=answer.request_id,
+            processor_code="PAYPAL_REQUEST_ID_REUSED",
+        )
+    return None
+
+
 def transaction_from_capture(capture: PayPalCaptureResponse) -> TransactionInfo:
     """Raises ValidationFailed when the amount is not a valid decimal for its currency."""
     currency = capture.amount.currency_code.upper()
@@ -289,7 +309,8 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     if status == 409 or error.name == "RESOURCE_CONFLICT":
         # "A previous request on this resource is currently in progress": its outcome is not known yet.
         return ProcessorUnavailable(
-            "paypal is still processing an earlier request for this capture; retry later with the same PayPal-Request-Id",
+            "paypal is still processing an earlier request for this capture; "
+            "retry later with the same PayPal-Request-Id",
             processor=NAME,
             delivery=Delivery.OUTCOME_UNKNOWN,
             http_status=status,
@@ -473,7 +494,9 @@ class PayPalProcessor(Processor):
             return transaction_from_capture(capture)
         except ValidationFailed as exc:
             raise ProcessorError(
-                f"paypal returned an amount refund-mcp could not read ({exc.message})", processor=NAME, request_id=request_id
+                f"paypal returned an amount refund-mcp could not read ({exc.message})",
+                processor=NAME,
+                request_id=request_id,
             ) from exc
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
@@ -487,7 +510,7 @@ class PayPalProcessor(Processor):
             headers={"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"},
         )
         try:
-            return refund_from_wire(refund, request_id=request_id)
+            answer = refund_from_wire(refund, request_id=request_id)
         except ValidationFailed as exc:
             raise ProcessorUnavailable(
                 f"paypal accepted the refund but its amount could not be read ({exc.message}); "
@@ -496,6 +519,9 @@ class PayPalProcessor(Processor):
                 delivery=Delivery.OUTCOME_UNKNOWN,
                 request_id=request_id,
             ) from exc
+        if (mismatch := replay_mismatch(request, refund, answer)) is not None:
+            raise mismatch
+        return answer
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         refund, request_id = await self._call(
@@ -505,5 +531,7 @@ class PayPalProcessor(Processor):
             return refund_from_wire(refund, request_id=request_id)
         except ValidationFailed as exc:
             raise ProcessorError(
-                f"paypal returned an amount refund-mcp could not read ({exc.message})", processor=NAME, request_id=request_id
+                f"paypal returned an amount refund-mcp could not read ({exc.message})",
+                processor=NAME,
+                request_id=request_id,
             ) from exc

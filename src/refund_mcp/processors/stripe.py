@@ -196,7 +196,8 @@ def object_kind(transaction_id: str) -> StripeObjectKind:
     if transaction_id.startswith("pi_"):
         return StripeObjectKind.PAYMENT_INTENT
     raise TransactionNotFound(
-        f"stripe has no payment {transaction_id!r}: Stripe payment ids start with ch_, py_ (charges) or pi_ (payment intents)"
+        f"stripe has no payment {transaction_id!r}: "
+        "Stripe payment ids start with ch_, py_ (charges) or pi_ (payment intents)"
     )
 
 
@@ -388,7 +389,7 @@ class StripeProcessor(Processor):
         model: type[M],
         *,
         flow: Flow,
-        params: list[tuple[str, str]] | None = None,
+        params: dict[str, str] | None = None,
         form: list[tuple[str, str]] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[M, str | None]:
@@ -413,14 +414,16 @@ class StripeProcessor(Processor):
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
         kind = object_kind(transaction_id)
         if kind is StripeObjectKind.CHARGE:
-            charge, _ = await self._call("GET", f"/v1/charges/{_segment(transaction_id)}", StripeChargeResponse, flow="lookup")
+            charge, _ = await self._call(
+                "GET", f"/v1/charges/{_segment(transaction_id)}", StripeChargeResponse, flow="lookup"
+            )
             return transaction_from_charge(charge)
         intent, _ = await self._call(
             "GET",
             f"/v1/payment_intents/{_segment(transaction_id)}",
             StripePaymentIntentResponse,
             flow="lookup",
-            params=[("expand[]", "latest_charge")],
+            params={"expand[]": "latest_charge"},
         )
         return transaction_from_payment_intent(intent)
 
@@ -452,4 +455,3 @@ class StripeProcessor(Processor):
             idempotency_key=f"refund-mcp-cancel-{processor_refund_id}",
         )
         return refund_from_wire(refund, request_id=request_id)
-

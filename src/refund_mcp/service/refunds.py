@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from refund_mcp import failpoints
 from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.errors import (
@@ -142,6 +144,9 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         self.settings = settings
         self.clock = clock
         self.breaker = breaker or CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds)
+        # A confirmation preview looks the payment up just before create_refund does: the second call reuses
+        # that answer (once, within seconds) instead of asking the processor twice for one tool call.
+        self._previewed: dict[str, tuple[float, TransactionInfo | None, str | None]] = {}
 
     # ----------------------------------------------------------------- routing and lookups
 
@@ -205,6 +210,12 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             return None, None
         self.breaker.record_success(ref.processor)
         return info, None
+
+    async def _fetch_transaction_once(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
+        previewed = self._previewed.pop(ref.canonical, None)
+        if previewed is not None and time.monotonic() - previewed[0] < 5.0:
+            return previewed[1], previewed[2]
+        return await self._fetch_transaction(ref)
 
     async def _known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any]:
         if info is not None:
@@ -440,7 +451,10 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         try:
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
-            info, _ = await self._fetch_transaction(ref)
+            info, note = await self._fetch_transaction(ref)
+            if len(self._previewed) > 1000:  # previews not followed by a refund (declined) must not pile up
+                self._previewed.clear()
+            self._previewed[ref.canonical] = (time.monotonic(), info, note)
             async with self.db.read() as conn:
                 ev = await self._evaluate(conn, actor, "create_refund", ref, info, req, cur)
                 # Nothing is recorded by a preview: rolling back undoes the transaction upsert too.
@@ -478,13 +492,14 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         try:
             currency, reason = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
-            info, _note = await self._fetch_transaction(ref)
+            info, _note = await self._fetch_transaction_once(ref)
             view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request)
         except RefundError as exc:
             if not getattr(exc, "_audited", False):
                 await self._audit_error(actor, "refund.create", req.transaction_id[:200], exc, request)
             raise
         if submit:
+            failpoints.hit("after_reserve")
             return await self._submit(view.refund_id, caller=actor, raise_declined=True)
         return view
 
@@ -664,6 +679,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 raise exc
             return view
         self.breaker.record_success(row.processor)
+        failpoints.hit("after_processor_answer")
         return await self._record_answer(row.id, answer, actor=caller, action="refund.submitted")
 
     async def _schedule_retry(self, row: Row[Any], exc: ProcessorCallError) -> views.RefundView:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, insert, inspect, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from refund_mcp.store import tables
 
@@ -62,6 +62,14 @@ def _current_version(conn: Connection) -> int:
     return max(versions, default=0)
 
 
+async def _serialize_migrators(conn: AsyncConnection) -> None:
+    """Several replicas may start at once on a new database: one migrates, the others wait, then skip.
+
+    (On SQLite the immediate transaction already serializes them.)"""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+
+
 async def current_version(engine: AsyncEngine) -> int:
     async with engine.begin() as conn:
         return await conn.run_sync(_current_version)
@@ -71,6 +79,7 @@ async def upgrade(engine: AsyncEngine) -> list[Migration]:
     """Apply pending migrations; returns those applied. Raises SchemaTooNew for a newer database."""
     applied: list[Migration] = []
     async with engine.begin() as conn:
+        await _serialize_migrators(conn)
         version = await conn.run_sync(_current_version)
     if version > LATEST_VERSION:
         raise SchemaTooNew(f"database schema version {version} is newer than this refund-mcp ({LATEST_VERSION})")
@@ -78,9 +87,7 @@ async def upgrade(engine: AsyncEngine) -> list[Migration]:
         if migration.version <= version:
             continue
         async with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Several replicas may start at once; one migrates, the others wait and then skip.
-                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+            await _serialize_migrators(conn)
             # Re-check inside the transaction: another process may have migrated meanwhile.
             if await conn.run_sync(_current_version) >= migration.version:
                 continue

@@ -70,19 +70,27 @@ class Balance:
 async def balance(conn: AsyncConnection, txn: Row[Any]) -> Balance:
     rows = (
         await conn.execute(
-            select(R.c.status, func.coalesce(func.sum(R.c.amount_minor), 0), func.count())
+            select(R.c.status, R.c.maybe_sent, func.coalesce(func.sum(R.c.amount_minor), 0), func.count())
             .where(R.c.transaction_id == txn.id)
-            .group_by(R.c.status)
+            .group_by(R.c.status, R.c.maybe_sent)
         )
     ).all()
-    by_status = {status: (int(total), int(count)) for status, total, count in rows}
-    succeeded = by_status.get(RefundStatus.SUCCEEDED.value, (0, 0))[0]
-    reserved = sum(by_status.get(status, (0, 0))[0] for status in _RESERVING)
-    at_processor = sum(by_status.get(status, (0, 0))[0] for status in _AT_PROCESSOR)
+    succeeded = reserved = at_processor = active = 0
+    for status, maybe_sent, total, count in rows:
+        total = int(total)
+        if status == RefundStatus.SUCCEEDED.value:
+            succeeded += total
+        if status in _RESERVING:
+            reserved += total
+        # Refunds the processor holds, or may hold (an attempt with an unknown outcome), are already
+        # inside the processor's "refunded so far"; they must not be counted a second time as external.
+        if status in _AT_PROCESSOR or (status == RefundStatus.QUEUED.value and maybe_sent):
+            at_processor += total
+        if status not in ("failed", "cancelled"):
+            active += int(count)
     # The processor's "refunded so far" includes ours; whatever it reports beyond what we know of was refunded
     # elsewhere (a dashboard, another tool) and must count too.
     external = max(0, int(txn.processor_refunded_minor) - succeeded - at_processor)
-    active = sum(count for status, (_, count) in by_status.items() if status not in ("failed", "cancelled"))
     return Balance(int(txn.captured_minor), succeeded, reserved, external, active)
 
 

@@ -1,0 +1,31 @@
+"""Who may call what over HTTP: bearer tokens and the scopes they carry.
+
+    scopes.py       the two scopes, what each MCP call needs, and `require_scope` (the check inside tools)
+    tokens_file.py  the REFUND_MCP_TOKENS file: SHA-256 hashes of tokens, each with an actor and scopes
+    static.py       a TokenVerifier over that file (constant-time comparison, reloads when the file changes)
+    jwks.py         an issuer's signing keys (JWKS), fetched and cached
+    oauth.py        a TokenVerifier for OAuth access tokens: JWTs signed by the issuer (RS256/ES256)
+    gate.py         ASGI middleware on /mcp: per-tool scopes, answered 403 before the SDK sees the request
+    url_tokens.py   ASGI middleware: a token in the query string is refused and never logged
+    config.py       the environment -> AuthConfig (verifier, SDK AuthSettings, allowed Host names)
+    cli.py          `refund-mcp tokens add|list|revoke`
+
+stdio has no transport auth: there the caller's identity comes from REFUND_MCP_ACTOR, and
+`require_scope` lets every call through because no access token is present.
+"""
+
+from refund_mcp.auth.config import AuthConfig, AuthConfigError, is_loopback, load_auth_config, refuse_open_exposure
+from refund_mcp.auth.scopes import ALL_SCOPES, READ, TOOL_SCOPES, WRITE, require_scope
+
+__all__ = [
+    "ALL_SCOPES",
+    "READ",
+    "TOOL_SCOPES",
+    "WRITE",
+    "AuthConfig",
+    "AuthConfigError",
+    "is_loopback",
+    "load_auth_config",
+    "refuse_open_exposure",
+    "require_scope",
+]
