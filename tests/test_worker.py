@@ -84,3 +84,24 @@ async def test_a_refund_whose_submitter_died_is_taken_over_after_its_lease_lapse
         async with Client(app.server) as client:
             status = (await client.call_tool("get_refund_status", {"refund_id": view.refund_id})).structured_content
         assert status["status"] == "succeeded"
+
+
+async def test_a_refund_whose_submitter_died_cannot_be_cancelled_locally(app_factory):
+    """The dead submitter may have reached the processor: only a resubmission with the same key can tell."""
+    async with app_factory() as app:
+        from refund_mcp.service.refunds import Confirmation, RefundInput
+
+        ref = await app.service.resolve_transaction_id(TXN)
+        info, _ = await app.service._fetch_transaction(ref)
+        view, _ = await app.service._reserve(
+            "agent-1", RefundInput(transaction_id=TXN, reason="service_issue", amount_minor=300), ref, info, None,
+            Confirmation.NOT_ASKED, {},
+        )
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(seconds=app.settings.claim_seconds + 1)
+        async with Client(app.server) as client:
+            refused = await client.call_tool("cancel_refund", {"refund_id": view.refund_id})
+            assert refused.is_error and "[not_supported]" in refused.content[0].text
+            app.service.clock = real_clock
+            txn = (await client.call_tool("lookup_transaction", {"transaction_id": TXN})).structured_content
+        assert txn["reserved_minor"] == 300

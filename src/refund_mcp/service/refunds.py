@@ -647,6 +647,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         async with self.db.read() as conn:
             row = await queries.get_refund(conn, refund_id)
             txn = await queries.get_transaction(conn, row.transaction_id)
+        if row.status != RefundStatus.QUEUED.value:
+            return self._refund_view(row)  # settled meanwhile (e.g. by a webhook): nothing to send
         processor = self._processor(row.processor)
         request = ProcessorRefundRequest(
             refund_id=row.id,
@@ -874,10 +876,11 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                     view = self._refund_view(row)
                     view.message = "Already cancelled."
                     return view
+                # A queued refund may be cancelled here only if no attempt can have reached the processor:
+                # none had an unknown outcome, and none is in flight or was cut off by a crash (its claim
+                # is cleared only when an attempt ends with a known result).
                 local = status is RefundStatus.PENDING_APPROVAL or (
-                    status is RefundStatus.QUEUED
-                    and not row.maybe_sent
-                    and (row.claimed_until is None or row.claimed_until < now)
+                    status is RefundStatus.QUEUED and not row.maybe_sent and row.claimed_until is None
                 )
                 if local:
                     values: dict[str, Any] = {"status": RefundStatus.CANCELLED.value, "next_attempt_at": None, "updated_at": now, "failure_reason": reason}

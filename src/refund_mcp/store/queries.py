@@ -176,7 +176,9 @@ async def claim_due(conn: AsyncConnection, now: datetime, claim_until: datetime,
         query = query.with_for_update(skip_locked=True)
     rows = list((await conn.execute(query)).all())
     for row in rows:
-        await update_refund(conn, row.id, claimed_until=claim_until)
+        # A lapsed claim means its submitter died mid-call: that attempt may have reached the processor.
+        maybe_sent = bool(row.maybe_sent) or row.claimed_until is not None
+        await update_refund(conn, row.id, claimed_until=claim_until, maybe_sent=maybe_sent)
     return rows
 
 
