@@ -38,11 +38,20 @@ async def concurrent_refunds(app, actors: list[str], amount: int) -> list:
 
 
 async def test_daily_caps_hold_under_concurrent_calls(app_factory):
-    from refund_mcp.domain.errors import PolicyDenied
-
     async with app_factory(policy=CAPS) as app:
-        actors = ["bot-a"] * 20 + ["bot-b"] * 20
-        results = await concurrent_refunds(app, actors, 100)
+        assert_caps_held(await concurrent_refunds(app, ["bot-a"] * 20 + ["bot-b"] * 20, 100))
+
+
+@pytest.mark.postgres
+async def test_daily_caps_hold_under_concurrent_calls_on_postgresql(pg_database):
+    from tests.conftest import make_app
+
+    async with make_app(pg_database, policy=CAPS) as app:
+        assert_caps_held(await concurrent_refunds(app, ["bot-a"] * 20 + ["bot-b"] * 20, 100))
+
+
+def assert_caps_held(results: list) -> None:
+    from refund_mcp.domain.errors import PolicyDenied
     done = [r for r in results if not isinstance(r, Exception)]
     denied = [r for r in results if isinstance(r, Exception)]
     assert all(isinstance(e, PolicyDenied) for e in denied)
