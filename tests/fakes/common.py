@@ -53,7 +53,7 @@ class Faults:
     next_timeout_after_commit: int = 0
 
     def update(self, values: Mapping[str, Any]) -> None:
-        known = {f.name: f.type for f in fields(self)}
+        known = [f.name for f in fields(self)]
         for key, value in values.items():
             if key not in known:
                 raise ValueError(f"unknown fault {key!r}; known: {', '.join(known)}")

@@ -1,6 +1,7 @@
 """A stateful fake of Square's Refunds and Payments APIs.
 
-Endpoints: POST /v2/refunds (RefundPayment), GET /v2/refunds/{id}, GET /v2/payments/{id};
+Endpoints: POST /v2/refunds (RefundPayment), GET /v2/refunds (ListPaymentRefunds: `begin_time`,
+`end_time`, `sort_order`, `status`, `limit`, `cursor`), GET /v2/refunds/{id}, GET /v2/payments/{id};
 `Authorization: Bearer`, `Square-Version`, JSON. Answers `{"refund": …}` / `{"payment": …}`;
 errors `{"errors": [{category, code, detail, field}]}` with codes from Square's ErrorCode enum
 (square/connect-api-specification api.json, RefundPayment's x-endpoint-errors).
@@ -17,9 +18,10 @@ references an unsupported currency"), the closest documented one.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -180,11 +182,30 @@ class SquareFake(FakeProcessor):
         refund.updated = datetime.now(UTC)
         return self.refund_object(refund)
 
+    def dashboard_refund(self, payment_id: str, amount: int, *, status: str = "COMPLETED") -> dict[str, Any]:
+        """A refund made in the Square Dashboard or at a register: outside refund-mcp."""
+        payment = self.payments[payment_id]
+        now = datetime.now(UTC)
+        refund = _Refund(
+            id=f"{payment.id}_{random_id('', 40, _ALNUM)}",
+            payment_id=payment.id,
+            amount=amount,
+            currency=payment.seed.currency,
+            status=status,
+            reason="Refunded in the Square Dashboard",
+            created=now,
+            updated=now,
+        )
+        self.refunds[refund.id] = refund
+        payment.refund_ids.append(refund.id)
+        return self.refund_object(refund)
+
     # ------------------------------------------------------------------ API
 
     def api_routes(self) -> list[BaseRoute]:
         return [
             self.route("/v2/refunds", self._create_refund, ["POST"]),
+            self.route("/v2/refunds", self._list_refunds, ["GET"]),
             self.route("/v2/refunds/{refund_id}", self._get_refund, ["GET"]),
             self.route("/v2/payments/{payment_id}", self._get_payment, ["GET"]),
         ]
@@ -303,6 +324,45 @@ class SquareFake(FakeProcessor):
         self.refunds[refund.id] = refund
         payment.refund_ids.append(refund.id)
         return self._respond({"refund": self.refund_object(refund)}), True
+
+    async def _list_refunds(self, request: Request) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        query = request.query_params
+        now = datetime.now(UTC)
+        try:
+            begin = datetime.fromisoformat(query["begin_time"]) if "begin_time" in query else now - timedelta(days=365)
+            end = datetime.fromisoformat(query["end_time"]) if "end_time" in query else now
+        except ValueError:
+            return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_TIME", "Invalid time format.", "begin_time")
+        if begin.tzinfo is None or end.tzinfo is None:
+            return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_TIME", "Time must carry an offset.", "begin_time")
+        order = query.get("sort_order", "DESC")
+        if order not in ("ASC", "DESC"):
+            return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_ENUM_VALUE", f"Invalid sort_order {order}.", "sort_order")
+        limit_text = query.get("limit", "100")
+        if not limit_text.isdigit() or int(limit_text) < 1:
+            return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "limit must be positive.", "limit")
+        limit = min(int(limit_text), 100)
+        offset = 0
+        if "cursor" in query:
+            try:
+                offset = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode().removeprefix("offset:"))
+            except ValueError:
+                return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_CURSOR", "The pagination cursor is invalid.", "cursor")
+        listed = [
+            r
+            for r in self.refunds.values()
+            if begin <= r.created <= end and query.get("status", r.status) == r.status
+        ]
+        listed.sort(key=lambda r: (r.created, r.id), reverse=order == "DESC")
+        page = listed[offset : offset + limit]
+        body: dict[str, Any] = {}
+        if page:
+            body["refunds"] = [self.refund_object(r) for r in page]
+        if offset + limit < len(listed):
+            body["cursor"] = base64.urlsafe_b64encode(f"offset:{offset + limit}".encode()).decode()
+        return self._respond(body)
 
     async def _get_refund(self, request: Request) -> Response:
         if (denied := self._unauthorized(request)) is not None:

@@ -1,7 +1,9 @@
 """A stateful fake of Stripe's refund API, faithful to the wire.
 
-Endpoints: POST /v1/refunds, GET /v1/refunds/{id}, POST /v1/refunds/{id}/cancel,
+Endpoints: POST /v1/refunds, GET /v1/refunds (list: `created[gte]`, `charge`, `limit`,
+`starting_after`; newest first), GET /v1/refunds/{id}, POST /v1/refunds/{id}/cancel,
 GET /v1/charges/{id}, GET /v1/payment_intents/{id} (`expand[]=latest_charge`).
+`dashboard_refund()` makes a refund the way the Stripe Dashboard would (no refund-mcp metadata).
 Form-encoded bodies, `Authorization: Bearer`, a `Request-Id` on every answer, error bodies
 `{"error": {type, code, message, param, doc_url}}`. Objects carry the same keys as Stripe's own
 fixtures (`stripe/openapi` fixtures3.json; checked by tests/processors/test_contracts.py).
@@ -349,11 +351,26 @@ class StripeFake(FakeProcessor):
         refund.failure_reason = failure_reason
         return self.refund_object(refund)
 
+    def dashboard_refund(self, payment_id: str, amount: int | None = None, *, status: str | None = None) -> dict[str, Any]:
+        """A refund made in the Stripe Dashboard: outside refund-mcp, with no refund_mcp metadata."""
+        payment = self.payments[payment_id]
+        form = {"charge": payment.charge_id, "reason": "requested_by_customer"}
+        if amount is not None:
+            form["amount"] = str(amount)
+        response, _ = self._refund(form)
+        if response.status_code != 200:
+            raise ValueError(json.loads(bytes(response.body))["error"]["message"])
+        refund = self.refunds[payment.refund_ids[-1]]
+        if status is not None:
+            refund.status = status
+        return self.refund_object(refund)
+
     # ------------------------------------------------------------------ API
 
     def api_routes(self) -> list[BaseRoute]:
         return [
             self.route("/v1/refunds", self._create_refund, ["POST"]),
+            self.route("/v1/refunds", self._list_refunds, ["GET"]),
             self.route("/v1/refunds/{refund_id}", self._get_refund, ["GET"]),
             self.route("/v1/refunds/{refund_id}/cancel", self._cancel_refund, ["POST"]),
             self.route("/v1/charges/{charge_id}", self._get_charge, ["GET"]),
@@ -467,6 +484,36 @@ class StripeFake(FakeProcessor):
         self.refunds[refund.id] = refund
         payment.refund_ids.append(refund.id)
         return self._respond(self.refund_object(refund)), True
+
+    async def _list_refunds(self, request: Request) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        query = request.query_params
+        limit_text = query.get("limit", "10")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+            return self._error(400, "This value must be between 1 and 100.", code="parameter_invalid_integer", param="limit")
+        gte_text = query.get("created[gte]")
+        if gte_text is not None and not gte_text.isdigit():
+            return self._error(400, f"Invalid integer: {gte_text}", code="parameter_invalid_integer", param="created[gte]")
+        listed = sorted(self.refunds.values(), key=lambda r: (r.created, r.id), reverse=True)
+        if gte_text is not None:
+            listed = [r for r in listed if r.created >= int(gte_text)]
+        if (charge := query.get("charge")) is not None:
+            listed = [r for r in listed if r.charge_id == charge]
+        if (after := query.get("starting_after")) is not None:
+            ids = [r.id for r in listed]
+            if after not in ids:
+                return self._error(400, f"No such refund: '{after}'", code="resource_missing", param="starting_after")
+            listed = listed[ids.index(after) + 1 :]
+        limit = int(limit_text)
+        return self._respond(
+            {
+                "object": "list",
+                "data": [self.refund_object(r) for r in listed[:limit]],
+                "has_more": len(listed) > limit,
+                "url": "/v1/refunds",
+            }
+        )
 
     async def _get_refund(self, request: Request) -> Response:
         if (denied := self._unauthorized(request)) is not None:

@@ -114,14 +114,20 @@ def mcp_post(url: str, body: bytes | Mapping[str, Any] | list[Any], *, token: st
         "Accept": "application/json, text/event-stream",
         **({"Authorization": f"Bearer {token}"} if token else {}),
     }
-    if isinstance(body, Mapping) and isinstance(body.get("method"), str):
-        method = body["method"]
-        sent["MCP-Protocol-Version"] = MODERN_PROTOCOL
-        sent["Mcp-Method"] = method
-        if method in _NAME_PARAM:
-            sent["Mcp-Name"] = str(body.get("params", {}).get(_NAME_PARAM[method], ""))
+    sent.update(mirrored_headers(body))
     sent.update(headers)
     return httpx2.post(url, content=content, headers=sent, timeout=30)
+
+
+def mirrored_headers(body: Any) -> dict[str, str]:
+    """The 2026-07-28 headers that repeat what a single request's body says."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("method"), str):
+        return {}
+    method = body["method"]
+    headers = {"MCP-Protocol-Version": MODERN_PROTOCOL, "Mcp-Method": method}
+    if method in _NAME_PARAM:
+        headers["Mcp-Name"] = str(body.get("params", {}).get(_NAME_PARAM[method], ""))
+    return headers
 
 
 def request(method: str, params: Mapping[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:

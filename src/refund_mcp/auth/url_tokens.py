@@ -2,7 +2,8 @@
 
 URLs end up in access logs, proxy logs and browser histories, which is why RFC 6750 §2.3 and the
 MCP spec keep tokens out of them. We refuse `?access_token=`/`?token=` (any case) and any query
-value that looks like one of our tokens, whatever its parameter name, and never echo it back.
+value that looks like a bearer token (ours, or a JWT), whatever its parameter name, and never echo
+it back.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from refund_mcp.auth.tokens_file import TOKEN_PREFIX
 TOKEN_PARAMETERS = frozenset({"access_token", "token"})
 
 
+def _looks_like_a_token(value: str) -> bool:
+    return value.startswith(TOKEN_PREFIX) or (value.startswith("eyJ") and value.count(".") == 2)
+
+
 def carries_token(query_string: bytes) -> bool:
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    return any(name.lower() in TOKEN_PARAMETERS or value.startswith(TOKEN_PREFIX) for name, value in pairs)
+    return any(name.lower() in TOKEN_PARAMETERS or _looks_like_a_token(value) for name, value in pairs)
 
 
 class RejectTokensInUrl:

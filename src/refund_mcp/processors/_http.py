@@ -24,6 +24,8 @@ for one, echoes part of the API key there).
 
 from __future__ import annotations
 
+import base64
+
 import contextlib
 import logging
 import math
@@ -181,6 +183,8 @@ async def send(
     5xx / 429 / 401 / 403. Any other answer is returned for the adapter to interpret."""
     async with translate_transport_errors(processor):
         response = await http.send(request)
+    if response.status_code >= 400:
+        response = _without_echoed_credentials(request, response)
     logger.debug("%s %s %s -> %s", processor, request.method, request.url.path, response.status_code)
     if check_common_status:
         error = common_status_error(
@@ -189,6 +193,37 @@ async def send(
         if error is not None:
             raise error
     return response
+
+
+def _request_credentials(request: httpx2.Request) -> list[str]:
+    """The credential values this request carried: bearer tokens, Basic pairs, API keys."""
+    found: list[str] = []
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        found.append(value)
+    elif scheme.lower() == "basic" and value:
+        try:
+            user, _, password = base64.b64decode(value).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            user = password = ""
+        found += [value, *(part for part in (user, password) if part)]
+    if key := request.headers.get("X-API-Key"):
+        found.append(key)
+    return [item for item in found if len(item) >= 8]
+
+
+def _without_echoed_credentials(request: httpx2.Request, response: httpx2.Response) -> httpx2.Response:
+    """An error body that echoes the credential we sent would carry it into messages, logs and the audit
+    log; cut it out here, at the one boundary every processor answer crosses."""
+    secrets = _request_credentials(request)
+    body = response.content
+    if not secrets or not any(secret.encode() in body for secret in secrets):
+        return response
+    for secret in secrets:
+        body = body.replace(secret.encode(), b"[redacted]")
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in (b"content-length", b"content-encoding")]
+    return httpx2.Response(response.status_code, headers=headers, content=body, request=request, extensions=response.extensions)
 
 
 def json_or_none(response: httpx2.Response) -> Any:

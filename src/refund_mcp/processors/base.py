@@ -8,6 +8,8 @@ says whether the request may have been acted on.
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
+from datetime import datetime
 
 from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, TransactionInfo
 
@@ -33,6 +35,15 @@ class Processor(abc.ABC):
         from refund_mcp.domain.errors import NotSupported
 
         raise NotSupported(f"{self.name} cannot cancel a refund once it has accepted it")
+
+    async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
+        """Every refund the processor holds that was created at or after `since`, including refunds
+        made outside refund-mcp (used by reconciliation). Raises NotSupported where the processor
+        cannot list refunds, ProcessorCallError when a page cannot be read."""
+        from refund_mcp.domain.errors import NotSupported
+
+        raise NotSupported(f"{self.name} cannot list refunds")
+        yield  # pragma: no cover - makes this an async generator like the real implementations
 
     async def aclose(self) -> None:
         """Release network resources (the shared HTTP client)."""

@@ -11,7 +11,8 @@ proxy or Square sends one, otherwise the request id is None.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -43,7 +44,7 @@ IDEMPOTENCY_KEY_MAX = 45
 REASON_MAX = 192
 REQUEST_ID_HEADER = "x-request-id"
 
-Flow = Literal["lookup", "create", "get"]
+Flow = Literal["lookup", "create", "get", "list"]
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -84,6 +85,13 @@ class SquareRefundResponse(_Wire):
     """`RefundPaymentResponse` and `GetPaymentRefundResponse` share this shape."""
 
     refund: SquarePaymentRefund
+
+
+class SquareRefundList(_Wire):
+    """`ListPaymentRefundsResponse`: `cursor` is absent (or empty) on the last page."""
+
+    refunds: list[SquarePaymentRefund] = []
+    cursor: str | None = None
 
 
 class SquarePayment(_Wire):
@@ -287,12 +295,20 @@ class SquareProcessor(Processor):
             await self._http.aclose()
 
     async def _call(
-        self, method: str, path: str, model: type[M], *, flow: Flow, json: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        flow: Flow,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
     ) -> tuple[M, str | None]:
         request = self._http.build_request(
             method,
             self._base + path,
             json=json,
+            params=params,
             headers={
                 "Authorization": f"Bearer {self._access_token.get_secret_value()}",
                 "Square-Version": self._square_version,
@@ -332,3 +348,15 @@ class SquareProcessor(Processor):
             "GET", f"/v2/refunds/{_segment(processor_refund_id)}", SquareRefundResponse, flow="get"
         )
         return refund_from_wire(answer.refund, request_id=request_id)
+
+    async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
+        """`GET /v2/refunds?begin_time=…` (on `created_at`), oldest first, page by page with `cursor`."""
+        begin = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        params = {"begin_time": begin, "sort_order": "ASC"}
+        while True:
+            page, request_id = await self._call("GET", "/v2/refunds", SquareRefundList, flow="list", params=params)
+            for refund in page.refunds:
+                yield refund_from_wire(refund, request_id=request_id)
+            if not page.cursor:
+                return
+            params = {**params, "cursor": page.cursor}

@@ -17,6 +17,7 @@ dashboard and reports still show it.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -50,7 +51,8 @@ NAME = "stripe"
 DEFAULT_API_BASE = "https://api.stripe.com"
 REQUEST_ID_HEADER = "Request-Id"
 
-Flow = Literal["lookup", "create", "get", "cancel"]
+Flow = Literal["lookup", "create", "get", "cancel", "list"]
+LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -100,6 +102,13 @@ class StripeRefundResponse(_Wire):
     failure_reason: str | None = None
     reason: str | None = None
     metadata: dict[str, str] = {}
+
+
+class StripeRefundList(_Wire):
+    """`GET /v1/refunds`: a list object, newest first; `has_more` says whether another page follows."""
+
+    data: list[StripeRefundResponse]
+    has_more: bool = False
 
 
 class StripeBillingDetails(_Wire):
@@ -444,6 +453,17 @@ class StripeProcessor(Processor):
             "GET", f"/v1/refunds/{_segment(processor_refund_id)}", StripeRefundResponse, flow="get"
         )
         return refund_from_wire(refund, request_id=request_id)
+
+    async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
+        """`GET /v1/refunds?created[gte]=…`, page by page with `starting_after` (the last id seen)."""
+        params = {"created[gte]": str(int(since.timestamp())), "limit": str(LIST_PAGE_SIZE)}
+        while True:
+            page, request_id = await self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params)
+            for refund in page.data:
+                yield refund_from_wire(refund, request_id=request_id)
+            if not page.has_more or not page.data:
+                return
+            params = {**params, "starting_after": page.data[-1].id}
 
     async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
         # A key derived from the refund makes a retried cancel after a timeout replay the first answer.

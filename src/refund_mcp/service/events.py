@@ -2,13 +2,20 @@
 
 Replays are no-ops (each event id is recorded once); final states never regress; a late failure
 after success is applied as `failed` and audited (the status rules in domain/models.py).
+
+One case is put off rather than decided: a refund event that names no refund-mcp id (Square's
+carry none) for a payment on which one of our refunds of the same amount is still in doubt (sent,
+or possibly sent, with no answer yet). Recording it as external could count the same money twice
+and would later collide with our own refund's processor id; ignoring it could lose a real
+external refund. The event is left unrecorded ("deferred") so the processor delivers it again,
+by when our refund has its processor id and the event matches it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 
 from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
@@ -32,13 +39,16 @@ class EventsMixin:
             )
             if seen.first() is not None:
                 return "replay"
-            await conn.execute(insert(tables.webhook_events).values(processor=event.processor, event_id=event.event_id, received_at=now))
             if isinstance(event, IgnoredEvent):
                 await audit.append(conn, AuditEntry(actor=f"webhook:{event.processor}", action="webhook.ignored", target=None, outcome="ignored", detail={"kind": event.kind, "event_id": event.event_id}))
-                return "ignored"
-            if isinstance(event, PaymentEvent):
-                return await self._apply_payment_event(conn, event, now)
-            return await self._apply_refund_event(conn, event, now)
+                outcome = "ignored"
+            elif isinstance(event, PaymentEvent):
+                outcome = await self._apply_payment_event(conn, event, now)
+            else:
+                outcome = await self._apply_refund_event(conn, event, now)
+            if outcome != "deferred":
+                await conn.execute(insert(tables.webhook_events).values(processor=event.processor, event_id=event.event_id, received_at=now))
+            return outcome
 
     async def _apply_payment_event(self, conn: Any, event: PaymentEvent, now: Any) -> str:
         canonical = f"{event.processor}:{event.transaction_id}"
@@ -47,7 +57,8 @@ class EventsMixin:
         info = TransactionInfo(
             processor=event.processor,
             transaction_id=event.transaction_id,
-            amount_minor=event.amount_minor,
+            # A CAPTURE may be partial: the payment's amount never shrinks because of one.
+            amount_minor=max(event.amount_minor, existing.amount_minor if existing is not None else 0),
             currency=event.currency,
             captured_minor=captured,
             refunded_minor=existing.processor_refunded_minor if existing is not None else 0,
@@ -68,7 +79,11 @@ class EventsMixin:
         row = await queries.get_refund_by_processor_id(conn, event.processor, event.processor_refund_id)
         if row is None and event.our_refund_id and is_refund_id(event.our_refund_id):
             row = await queries.get_refund(conn, event.our_refund_id)
-            if row is not None and row.processor != event.processor:
+            # Ours only if nothing contradicts it: same processor, and not already tied to another refund there.
+            if row is not None and (
+                row.processor != event.processor
+                or (row.processor_refund_id is not None and row.processor_refund_id != event.processor_refund_id)
+            ):
                 row = None
         answer = ProcessorRefund(
             processor_refund_id=event.processor_refund_id,
@@ -82,8 +97,15 @@ class EventsMixin:
             await self.apply_processor_state(conn, row.id, answer, actor=f"webhook:{event.processor}", action="refund.webhook")
             return "applied"
         # Not ours: a refund made elsewhere (e.g. a dashboard). Record it so balances stay right.
-        canonical = f"{event.processor}:{event.transaction_id}" if event.transaction_id else None
-        txn = await queries.get_transaction(conn, canonical) if canonical else None
+        canonical, txn = await self._event_transaction(conn, event)
+        if txn is not None and event.our_refund_id is None and await self._in_doubt_twin(conn, txn.id, event):
+            await audit.append(
+                conn,
+                AuditEntry(actor=f"webhook:{event.processor}", action="webhook.deferred", target=txn.id, outcome="deferred",
+                           detail={"event_id": event.event_id, "processor_refund_id": event.processor_refund_id,
+                                   "why": "a refund-mcp refund of this amount on this payment has no processor answer yet"}),
+            )
+            return "deferred"
         if txn is None or event.amount_minor is None:
             await audit.append(
                 conn,
@@ -119,3 +141,26 @@ class EventsMixin:
                        detail={"event_id": event.event_id, "processor_refund_id": event.processor_refund_id, "transaction_id": txn.id, "amount_minor": event.amount_minor}),
         )
         return "external"
+
+    async def _event_transaction(self, conn: Any, event: RefundEvent) -> tuple[str | None, Any]:
+        """The payment on record under any of the ids the event names: (canonical id, row or None)."""
+        candidates = [tid for tid in (event.transaction_id, *event.other_transaction_ids) if tid]
+        for bare_id in candidates:
+            txn = await queries.get_transaction(conn, f"{event.processor}:{bare_id}")
+            if txn is not None:
+                return txn.id, txn
+        return (f"{event.processor}:{candidates[0]}" if candidates else None), None
+
+    async def _in_doubt_twin(self, conn: Any, transaction_id: str, event: RefundEvent) -> bool:
+        """Whether one of our refunds on this payment, of the event's amount, may be at the processor
+        without our knowing its processor id (an attempt in flight or with an unknown outcome)."""
+        R = tables.refunds
+        query = select(R.c.id).where(
+            R.c.transaction_id == transaction_id,
+            R.c.processor_refund_id.is_(None),
+            R.c.status == RefundStatus.QUEUED.value,
+            or_(R.c.maybe_sent.is_(True), R.c.claimed_until.is_not(None)),
+            R.c.amount_minor == event.amount_minor,
+            R.c.currency == event.currency,
+        )
+        return (await conn.execute(query.limit(1))).first() is not None

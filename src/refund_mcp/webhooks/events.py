@@ -18,6 +18,8 @@ class RefundEvent:
     status: RefundStatus
     processor_status: str
     transaction_id: str | None = None  # the processor's payment id
+    # Other ids the same payment may be on record under (Stripe: the charge behind a payment intent).
+    other_transaction_ids: tuple[str, ...] = ()
     amount_minor: int | None = None
     currency: str | None = None
     our_refund_id: str | None = None  # from metadata / reference, when the refund is ours

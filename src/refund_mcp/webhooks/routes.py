@@ -1,0 +1,178 @@
+"""`POST /webhooks/{stripe,paypal,adyen,square}`: read the raw body, verify, parse, apply.
+
+What a delivery gets back (the contract: 2xx recorded or replayed, 400 malformed, 401 bad or
+missing signature, 5xx only when it could not be recorded, so the processor retries):
+
+    200  every event recorded, or a replay (Adyen: the body `[accepted]`, which it expects)
+    400  the body cannot be parsed                 401  bad, missing or stale signature
+    404  the processor is not configured here      413  the body is over MAX_BODY_BYTES
+    503  its webhook secret is not configured, PayPal could not be asked to verify, or an event
+         was deferred (service/events.py), all of which succeed on a later delivery
+    500  the database failed while recording
+
+Every refusal is audited as `webhook.rejected` with its reason and status, never with the body
+or a header. The routes need no bearer token: the processor's signature is the authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from refund_mcp.audit.log import AuditEntry, append
+from refund_mcp.webhooks import adyen, paypal, square, stripe
+from refund_mcp.webhooks.errors import WebhookError, WebhookNotConfigured, WebhookTooLarge
+from refund_mcp.webhooks.events import WebhookEvent
+
+logger = logging.getLogger("refund_mcp.webhooks")
+
+# Refund events are a few KiB; a MiB leaves room for Stripe charges with long refund lists while
+# keeping what an unauthenticated sender can make us buffer small.
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = "60"
+
+Verifier = Callable[[bytes, Request], Awaitable[None]]
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading them all. Raises WebhookTooLarge."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise WebhookTooLarge(f"the body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookTooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _not_configured(processor: str, setting: str | None) -> WebhookNotConfigured:
+    if setting is None:
+        return WebhookNotConfigured(f"{processor} is not configured on this server", status_code=404)
+    return WebhookNotConfigured(f"{processor} webhooks need {setting}, which is not set", status_code=503)
+
+
+def _verifier(app: Any, processor: str) -> Verifier:
+    """The check for one processor, built per delivery from the current settings.
+    Raises WebhookNotConfigured when the processor or its webhook secret is missing."""
+    settings = app.settings
+    now = app.service.clock
+    if processor == "stripe":
+        if settings.stripe is None or settings.stripe.webhook_secret is None:
+            raise _not_configured("stripe", None if settings.stripe is None else "STRIPE_WEBHOOK_SECRET")
+        secret = settings.stripe.webhook_secret.get_secret_value()
+
+        async def check_stripe(raw: bytes, request: Request) -> None:
+            stripe.verify_stripe(raw, request.headers, secret, now())
+
+        return check_stripe
+    if processor == "paypal":
+        adapter = app.processors.get("paypal")
+        if settings.paypal is None or adapter is None or not settings.paypal.webhook_id:
+            raise _not_configured("paypal", None if settings.paypal is None else "PAYPAL_WEBHOOK_ID")
+        webhook_id = settings.paypal.webhook_id
+
+        async def check_paypal(raw: bytes, request: Request) -> None:
+            await paypal.verify_paypal(raw, request.headers, webhook_id, adapter)
+
+        return check_paypal
+    if processor == "adyen":
+        if settings.adyen is None or settings.adyen.hmac_key is None:
+            raise _not_configured("adyen", None if settings.adyen is None else "ADYEN_HMAC_KEY")
+        key = settings.adyen.hmac_key.get_secret_value()
+        adyen.hmac_key(key)  # a key that is not hex is a configuration error (503), not a bad signature
+
+        async def check_adyen(raw: bytes, request: Request) -> None:
+            adyen.verify_adyen(raw, request.headers, key, now())
+
+        return check_adyen
+    if settings.square is None or settings.square.webhook_signature_key is None or not settings.square.webhook_url:
+        missing = "SQUARE_WEBHOOK_SIGNATURE_KEY and SQUARE_WEBHOOK_URL"
+        raise _not_configured("square", None if settings.square is None else missing)
+    signature_key = settings.square.webhook_signature_key.get_secret_value()
+    url = settings.square.webhook_url
+
+    async def check_square(raw: bytes, request: Request) -> None:
+        square.verify_square(raw, request.headers, signature_key, now(), notification_url=url)
+
+    return check_square
+
+
+PARSERS: dict[str, Callable[[bytes], list[WebhookEvent]]] = {
+    "stripe": stripe.parse_stripe,
+    "paypal": paypal.parse_paypal,
+    "adyen": adyen.parse_adyen,
+    "square": square.parse_square,
+}
+
+
+async def _audit_rejection(app: Any, processor: str, error: WebhookError, size: int | None) -> None:
+    entry = AuditEntry(
+        actor=f"webhook:{processor}",
+        action="webhook.rejected",
+        target=None,
+        outcome="rejected",
+        error_code=error.code,
+        detail={"reason": error.message, "status": error.status_code, "bytes": size},
+    )
+    try:
+        async with app.db.write() as conn:
+            await append(conn, entry)
+    except SQLAlchemyError:
+        # The delivery is refused either way; an unrecordable refusal must not turn into a 500.
+        logger.exception("could not write the audit record of a refused %s webhook", processor)
+
+
+def _refusal(processor: str, error: WebhookError) -> Response:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status_code == 503 else None
+    return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status_code, headers=headers)
+
+
+def _endpoint(app: Any, processor: str) -> Callable[[Request], Awaitable[Response]]:
+    parse = PARSERS[processor]
+
+    async def receive(request: Request) -> Response:
+        raw: bytes | None = None
+        try:
+            verify = _verifier(app, processor)
+            raw = await read_body(request)
+            await verify(raw, request)  # over the raw bytes, before anything is parsed or stored
+            events = parse(raw)
+        except WebhookError as exc:
+            await _audit_rejection(app, processor, exc, None if raw is None else len(raw))
+            return _refusal(processor, exc)
+        outcomes: list[str] = []
+        try:
+            for event in events:
+                outcomes.append(await app.service.apply_event(event))
+        except SQLAlchemyError:
+            logger.exception("could not record a %s webhook; answering 500 so it is delivered again", processor)
+            return JSONResponse({"error": "not_recorded", "message": "the event could not be recorded; retry"}, status_code=500)
+        if "deferred" in outcomes:
+            return JSONResponse(
+                {"error": "deferred", "message": "an event waits for a refund in flight; deliver it again", "outcomes": outcomes},
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        if processor == "adyen":
+            return PlainTextResponse(adyen.ACKNOWLEDGEMENT)
+        return JSONResponse({"received": len(outcomes), "outcomes": outcomes})
+
+    return receive
+
+
+def webhook_routes(app: Any) -> list[Route]:
+    """The four webhook routes for `app` (refund_mcp.app.App), to mount beside /mcp."""
+    return [
+        Route(f"/webhooks/{processor}", _endpoint(app, processor), methods=["POST"], name=f"webhook_{processor}")
+        for processor in PARSERS
+    ]
