@@ -105,3 +105,27 @@ async def test_a_refund_whose_submitter_died_cannot_be_cancelled_locally(app_fac
             app.service.clock = real_clock
             txn = (await client.call_tool("lookup_transaction", {"transaction_id": TXN})).structured_content
         assert txn["reserved_minor"] == 300
+
+
+async def test_after_the_retry_deadline_the_worker_stops_and_an_operator_decides(app_factory):
+    import subprocess
+
+    from tests.support.servers import refund_mcp_command
+
+    async with app_factory(retry_deadline_seconds=0) as app, Client(app.server) as client:
+        queued = (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue", "amount_minor": 399})).structured_content
+        assert queued["status"] == "queued"
+        assert queued["retry"]["next_attempt_at"] is None
+        assert "a human must decide" in queued["retry"]["last_error"]
+        env = {"REFUND_MCP_DB": app.settings.db_url, "REFUND_MCP_SANDBOX": "1", "PATH": "/usr/bin:/bin"}
+        stuck = subprocess.run([*refund_mcp_command(), "refunds", "stuck"], env=env, capture_output=True, text=True)
+        assert queued["refund_id"] in stuck.stdout, stuck.stderr
+        resolved = subprocess.run(
+            [*refund_mcp_command(), "refunds", "resolve", queued["refund_id"], "--failed", "--by", "ops", "--note", "not in dashboard"],
+            env=env, capture_output=True, text=True,
+        )
+        assert resolved.returncode == 0, resolved.stderr
+        status = (await client.call_tool("get_refund_status", {"refund_id": queued["refund_id"]})).structured_content
+        assert status["status"] == "failed" and "ops" in status["failure_reason"]
+        txn = (await client.call_tool("lookup_transaction", {"transaction_id": TXN})).structured_content
+        assert txn["reserved_minor"] == 0

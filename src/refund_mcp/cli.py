@@ -73,6 +73,7 @@ async def _serve(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_USAGE
     app = await App.create(settings)
+    app.reload_policy_on_sighup()
     try:
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
@@ -197,6 +198,33 @@ async def _approvals(args: argparse.Namespace) -> int:
         await app.aclose()
 
 
+# ------------------------------------------------------------------ refunds (operator decisions)
+
+
+async def _refunds(args: argparse.Namespace) -> int:
+    from refund_mcp.app import App
+    from refund_mcp.domain.errors import RefundError
+
+    app = await App.create(_settings())
+    try:
+        if args.refunds_command == "stuck":
+            stuck = await app.service.stuck_refunds()
+            if not stuck:
+                print("no refunds are waiting for an operator")
+            for view in stuck:
+                print(f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  attempts={view.retry.attempts}  {view.retry.last_error}")
+            return EXIT_OK
+        outcome = "failed" if args.failed else "retry"
+        view = await app.service.resolve_queued(args.refund_id, outcome=outcome, operator=args.by, note=args.note)
+        print(f"{view.refund_id}: {view.status} ({view.message})")
+        return EXIT_OK
+    except RefundError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await app.aclose()
+
+
 # ------------------------------------------------------------------ db
 
 
@@ -267,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("--by", required=True, help="the approver's name (recorded in the audit log)")
         decide.add_argument("--note", default=None)
 
+    refunds = sub.add_parser("refunds", help="operator decisions on refunds the worker could not complete")
+    refunds_sub = refunds.add_subparsers(dest="refunds_command", required=True)
+    refunds_sub.add_parser("stuck", help="queued refunds whose retry deadline passed")
+    resolve = refunds_sub.add_parser("resolve", help="decide a stuck queued refund")
+    resolve.add_argument("refund_id")
+    outcome = resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--failed", action="store_true", help="you checked the processor: nothing was refunded; release the amount")
+    outcome.add_argument("--retry", action="store_true", help="retry again with the same idempotency key")
+    resolve.add_argument("--by", required=True, help="the operator's name (recorded in the audit log)")
+    resolve.add_argument("--note", default=None)
+
     from refund_mcp.auth.cli import add_tokens_parser
 
     add_tokens_parser(sub)
@@ -298,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_approvals(args))
         if args.command == "db":
             return asyncio.run(_db(args))
+        if args.command == "refunds":
+            return asyncio.run(_refunds(args))
         if args.command == "tokens":
             from refund_mcp.auth.cli import run_tokens
 

@@ -20,6 +20,22 @@ from refund_mcp.store import queries
 class OperatorActionsMixin:
     """Mixed into RefundService."""
 
+    async def stuck_refunds(self) -> list[views.RefundView]:
+        """Queued refunds the worker gave up on (retry deadline passed): they wait for an operator."""
+        from sqlalchemy import select
+
+        from refund_mcp.store import tables
+
+        refunds = tables.refunds
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(refunds).where(refunds.c.status == RefundStatus.QUEUED.value, refunds.c.next_attempt_at.is_(None))
+                    .order_by(refunds.c.created_at)
+                )
+            ).all()
+        return [self._refund_view(row) for row in rows]
+
     async def resolve_queued(
         self, refund_id: str, *, outcome: Literal["failed", "retry"], operator: str, note: str | None = None
     ) -> views.RefundView:
