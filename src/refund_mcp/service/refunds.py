@@ -147,6 +147,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         # A confirmation preview looks the payment up just before create_refund does: the second call reuses
         # that answer (once, within seconds) instead of asking the processor twice for one tool call.
         self._previewed: dict[str, tuple[float, TransactionInfo | None, str | None]] = {}
+        self._just_reserved: dict[str, Row[Any]] = {}
 
     # ----------------------------------------------------------------- routing and lookups
 
@@ -344,7 +345,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         if error is not None:
             return Evaluation(txn, amount, bal, None, error)
         now = self.clock()
-        since = now - timedelta(hours=24)
+        actor_daily, global_daily = await queries.daily_totals(conn, currency=txn.currency, since=now - timedelta(hours=24), actor=actor)
         decision = self.policy.engine().evaluate(
             PolicyRequest(
                 tool=tool,
@@ -358,8 +359,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 transaction_customer_ref=txn.customer_ref,
                 transaction_created_at=txn.created_at,
                 refunds_on_transaction=bal.active_refunds,
-                actor_daily_minor=await queries.daily_total(conn, currency=txn.currency, since=since, actor=actor),
-                global_daily_minor=await queries.daily_total(conn, currency=txn.currency, since=since),
+                actor_daily_minor=actor_daily,
+                global_daily_minor=global_daily,
                 now=now,
             )
         )
@@ -630,6 +631,9 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 ),
             )
             row = await queries.get_refund(conn, refund_id)
+        if submit:
+            # Claimed by this call and committed: _submit can use this row without reading it again.
+            self._just_reserved[refund_id] = row
         view = self._refund_view(row)
         view.message = message
         return view, submit
@@ -644,15 +648,16 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
 
     async def _submit(self, refund_id: str, *, caller: str, raise_declined: bool = False) -> views.RefundView:
         """Send a claimed queued refund to its processor and record the answer (outside any transaction)."""
-        async with self.db.read() as conn:
-            row = await queries.get_refund(conn, refund_id)
-            txn = await queries.get_transaction(conn, row.transaction_id)
+        row = self._just_reserved.pop(refund_id, None)
+        if row is None:
+            async with self.db.read() as conn:
+                row = await queries.get_refund(conn, refund_id)
         if row.status != RefundStatus.QUEUED.value:
             return self._refund_view(row)  # settled meanwhile (e.g. by a webhook): nothing to send
         processor = self._processor(row.processor)
         request = ProcessorRefundRequest(
             refund_id=row.id,
-            transaction_id=txn.processor_transaction_id,
+            transaction_id=row.transaction_id.partition(":")[2],  # canonical ids are "processor:id"
             amount_minor=row.amount_minor,
             currency=row.currency,
             reason=RefundReason(row.reason),
@@ -787,7 +792,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             values["last_error"] = None
         elif current is RefundStatus.QUEUED:
             values["next_attempt_at"] = None
-        await queries.update_refund(conn, refund_id, **values)
+        updated = await queries.update_refund_returning(conn, refund_id, **values)
         await audit.append(
             conn,
             AuditEntry(
@@ -805,7 +810,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 },
             ),
         )
-        view = self._refund_view(await queries.get_refund(conn, refund_id))
+        view = self._refund_view(updated)
         view.status_source = "processor"
         view.message = self._status_message(view)
         return view

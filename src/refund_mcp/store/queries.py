@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, true, update
+from sqlalchemy import and_, case, func, insert, or_, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -94,20 +94,20 @@ async def balance(conn: AsyncConnection, txn: Row[Any]) -> Balance:
     return Balance(int(txn.captured_minor), succeeded, reserved, external, active)
 
 
-async def daily_total(
-    conn: AsyncConnection, *, currency: str, since: datetime, actor: str | None = None
-) -> int:
-    """Reserved + succeeded refunds in `currency` created since `since` (rolling window), optionally by one actor."""
-    conditions = [
+async def daily_totals(conn: AsyncConnection, *, currency: str, since: datetime, actor: str) -> tuple[int, int]:
+    """(this actor's, everyone's) reserved + succeeded refunds in `currency` created since `since` (rolling window)."""
+    amount = R.c.amount_minor
+    query = select(
+        func.coalesce(func.sum(case((R.c.actor == actor, amount), else_=0)), 0),
+        func.coalesce(func.sum(amount), 0),
+    ).where(
         R.c.currency == currency,
         R.c.created_at >= since,
         R.c.origin == "agent",
         R.c.status.in_(_RESERVING + [RefundStatus.SUCCEEDED.value]),
-    ]
-    if actor is not None:
-        conditions.append(R.c.actor == actor)
-    total = (await conn.execute(select(func.coalesce(func.sum(R.c.amount_minor), 0)).where(and_(*conditions)))).scalar_one()
-    return int(total)
+    )
+    mine, everyone = (await conn.execute(query)).one()
+    return int(mine), int(everyone)
 
 
 async def get_refund(conn: AsyncConnection, refund_id: str) -> Row[Any] | None:
@@ -157,6 +157,11 @@ async def insert_refund(conn: AsyncConnection, **values: Any) -> None:
 
 async def update_refund(conn: AsyncConnection, refund_id: str, **values: Any) -> None:
     await conn.execute(update(R).where(R.c.id == refund_id).values(**values))
+
+
+async def update_refund_returning(conn: AsyncConnection, refund_id: str, **values: Any) -> Row[Any]:
+    """Update and read back in one statement (RETURNING: SQLite >= 3.35 and PostgreSQL)."""
+    return (await conn.execute(update(R).where(R.c.id == refund_id).values(**values).returning(*R.c))).one()
 
 
 async def claim_due(conn: AsyncConnection, now: datetime, claim_until: datetime, limit: int) -> list[Row[Any]]:
