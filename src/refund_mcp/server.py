@@ -132,7 +132,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     ) -> Any:
         """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
         require_scope("create_refund")
-        if not service.confirmation_configured():
+        if not service.may_need_confirmation(amount_minor):
             return ResolvedConfirmation(state="not_needed")
         actor = actor_of(ctx)
         req = RefundInput(

@@ -434,14 +434,21 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             message=messages[decision],
         )
 
-    def confirmation_configured(self) -> bool:
-        """Whether any part of the policy can ask for a confirmation (so create_refund need not preview otherwise)."""
+    def may_need_confirmation(self, amount_minor: int | None) -> bool:
+        """Whether the policy could ask to confirm this refund; False lets create_refund skip the preview.
+
+        Confirmation applies strictly above a threshold, so an amount at or below every threshold of every
+        currency never needs one; an omitted amount (the whole balance) always has to be previewed."""
         policy = self.policy.engine().loaded.policy
-        return (
-            policy.confirmation is not None
-            or any(rule.confirmation is not None for rule in policy.rules)
-            or any(actor.confirmation is not None for actor in policy.actors.values())
-        )
+        thresholds = [
+            threshold
+            for source in (policy, *policy.rules, *policy.actors.values())
+            if source.confirmation is not None
+            for threshold in source.confirmation.above.values()
+        ]
+        if not thresholds:
+            return False
+        return amount_minor is None or amount_minor > min(thresholds)
 
     async def preview(self, actor: str, req: RefundInput) -> views.PolicyCheckView | None:
         """The decision create_refund would reach now, without recording anything; None if it cannot be evaluated.
