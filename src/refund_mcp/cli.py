@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--by", required=True, help="the operator's name (recorded in the audit log)")
     resolve.add_argument("--note", default=None)
 
+    from refund_mcp.reconcile.cli import add_reconcile_parser
+
+    add_reconcile_parser(sub)
+
     from refund_mcp.auth.cli import add_tokens_parser
 
     add_tokens_parser(sub)
@@ -339,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_db(args))
         if args.command == "refunds":
             return asyncio.run(_refunds(args))
+        if args.command == "reconcile":
+            from refund_mcp.reconcile.cli import run_reconcile
+
+            return asyncio.run(run_reconcile(args))
         if args.command == "tokens":
             from refund_mcp.auth.cli import run_tokens
 

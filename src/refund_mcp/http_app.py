@@ -133,6 +133,11 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
     if "/healthz" not in registered:
         server.custom_route("/healthz", methods=["GET"])(healthz)
         server.custom_route("/metrics", methods=["GET"])(metrics)
+    if "/webhooks/stripe" not in registered:
+        from refund_mcp.webhooks.routes import webhook_routes
+
+        # Webhooks carry no bearer token: each route verifies its processor's signature over the raw body.
+        server._custom_starlette_routes.extend(webhook_routes(app))
 
     # The lowlevel builder takes the token verifier and AuthSettings as arguments, so the MCP
     # server built for stdio needs no auth of its own.

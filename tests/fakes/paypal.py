@@ -11,6 +11,16 @@ Tokens: each fetch is counted (`token_fetches`), returns `expires_in = token_ttl
 invalidates every issued token at once, which is how a test makes the next API call answer 401
 without waiting.
 
+Webhook verification: POST /v1/notifications/verify-webhook-signature (Bearer token) answers
+`{"verification_status": "SUCCESS"|"FAILURE"}` by the offline algorithm PayPal documents: the
+SHA256withRSA signature `transmission_sig` (base64) over
+`transmission_id|transmission_time|webhook_id|crc32(event)`, checked with the public key of the
+certificate at `cert_url`. Certificates are "downloaded" from `webhook_certs` (a test registers
+its key with `add_webhook_cert`); an unknown URL, another algorithm or any mismatch is FAILURE.
+The CRC32 is taken over `webhook_event` exactly as it appears in the request, so a caller that
+re-serializes the delivered event gets FAILURE, as with PayPal. Every request is kept in
+`verify_requests`.
+
 Idempotency (developer.paypal.com/reference/guidelines/idempotency): a repeated `PayPal-Request-Id`
 returns the original refund, whatever the new body says, in its *current* state ("PayPal provides
 the status of a request at the current time"), so a replay is byte-identical only while the refund
@@ -20,8 +30,12 @@ has not changed. Injected faults never hit the token endpoint: they target the A
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -40,6 +54,11 @@ DEFAULT_CLIENT_SECRET = "fake-paypal-client-secret"
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 # Refund statuses that count against the capture.
 _HOLDS = ("COMPLETED", "PENDING")
+
+VERIFY_FIELDS = ("auth_algo", "cert_url", "transmission_id", "transmission_sig", "transmission_time", "webhook_id")
+# DER prefix of DigestInfo for SHA-256 (RFC 8017 §9.2, note 1).
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 # Fixed descriptions from schema `captures.refund-422` / `404` / `409`.
 _DESCRIPTIONS = {
@@ -70,6 +89,43 @@ def parse_money(value: str, currency: str) -> int | None:
     except InvalidOperation:
         return None
     return int(scaled) if scaled == scaled.to_integral_value() else None
+
+
+def rsa_sha256_verify(public_key: tuple[int, int], message: bytes, signature: bytes) -> bool:
+    """RSASSA-PKCS1-v1_5 with SHA-256 ("SHA256withRSA"), RFC 8017 §8.2.2."""
+    modulus, exponent = public_key
+    size = (modulus.bit_length() + 7) // 8
+    if len(signature) != size or int.from_bytes(signature, "big") >= modulus:
+        return False
+    encoded = pow(int.from_bytes(signature, "big"), exponent, modulus).to_bytes(size, "big")
+    digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+    expected = b"\x00\x01" + b"\xff" * (size - len(digest_info) - 3) + b"\x00" + digest_info
+    return hmac.compare_digest(encoded, expected)
+
+
+def raw_member(text: str, name: str) -> str | None:
+    """The exact source text of a top-level member's value in a JSON object, or None."""
+    decoder = json.JSONDecoder()
+    try:
+        index = _JSON_SPACE.match(text, 0).end()  # type: ignore[union-attr]
+        if text[index : index + 1] != "{":
+            return None
+        index = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+        while text[index : index + 1] == '"':
+            key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
+            index = _JSON_SPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text[index : index + 1] != ":":
+                return None
+            start = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+            _, end = decoder.raw_decode(text, start)
+            if key == name:
+                return text[start:end]
+            index = _JSON_SPACE.match(text, end).end()  # type: ignore[union-attr]
+            if text[index : index + 1] == ",":
+                index = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    except ValueError:
+        return None
+    return None
 
 
 @dataclass
@@ -107,7 +163,34 @@ class PayPalFake(FakeProcessor):
         self.captures: dict[str, _Capture] = {}
         self.refunds: dict[str, _Refund] = {}
         self.request_ids: dict[str, str] = {}  # PayPal-Request-Id -> refund id
+        self.webhook_certs: dict[str, tuple[int, int]] = {}  # cert_url -> RSA public key (n, e)
+        self.verify_requests: list[dict[str, Any]] = []
         super().__init__()
+
+    def add_webhook_cert(self, cert_url: str, public_key: tuple[int, int]) -> None:
+        """Serve the certificate of a webhook signing key at `cert_url`."""
+        self.webhook_certs[cert_url] = public_key
+
+    def dashboard_refund(self, capture_id: str, amount: int, *, status: str = "COMPLETED") -> dict[str, Any]:
+        """A refund made in the PayPal dashboard (or a reversal by PayPal): no custom_id."""
+        capture = self.captures[capture_id]
+        now = datetime.now(UTC).replace(microsecond=0)
+        refund = _Refund(
+            id=random_id("", 17, _ID_ALPHABET),
+            capture_id=capture.id,
+            amount=amount,
+            currency=capture.seed.currency,
+            status=status,
+            custom_id=None,
+            invoice_id=None,
+            note_to_payer=None,
+            created=now,
+            updated=now,
+            running_total=self._refunded(capture) + amount,
+        )
+        self.refunds[refund.id] = refund
+        capture.refund_ids.append(refund.id)
+        return self.refund_object(refund, "https://api-m.paypal.com")
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
@@ -296,7 +379,42 @@ class PayPalFake(FakeProcessor):
             self.route("/v2/payments/captures/{capture_id}/refund", self._create_refund, ["POST"]),
             self.route("/v2/payments/captures/{capture_id}", self._get_capture, ["GET"]),
             self.route("/v2/payments/refunds/{refund_id}", self._get_refund, ["GET"]),
+            self.route("/v1/notifications/verify-webhook-signature", self._verify_webhook_signature, ["POST"]),
         ]
+
+    async def _verify_webhook_signature(self, request: Request) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        try:
+            text = (await request.body()).decode("utf-8")
+            body = json.loads(text)
+        except ValueError:
+            return self._error(
+                400, "INVALID_REQUEST", "Request is not well-formed, syntactically incorrect, or violates schema.",
+                ("MALFORMED_REQUEST_JSON",),
+            )
+        if not isinstance(body, dict):
+            body = {}
+        for name in (*VERIFY_FIELDS, "webhook_event"):
+            expected_type = dict if name == "webhook_event" else str
+            if not isinstance(body.get(name), expected_type):
+                return self._error(
+                    400, "VALIDATION_ERROR", "Invalid request - see details.", ("MISSING_REQUIRED_PARAMETER",), f"/{name}"
+                )
+        self.verify_requests.append(body)
+        event_text = raw_member(text, "webhook_event")
+        public_key = self.webhook_certs.get(body["cert_url"])
+        verdict = "FAILURE"
+        if public_key is not None and body["auth_algo"] == "SHA256withRSA" and event_text is not None:
+            crc = zlib.crc32(event_text.encode())
+            signed = f"{body['transmission_id']}|{body['transmission_time']}|{body['webhook_id']}|{crc}".encode()
+            try:
+                signature = base64.b64decode(body["transmission_sig"], validate=True)
+            except ValueError:
+                signature = b""
+            if rsa_sha256_verify(public_key, signed, signature):
+                verdict = "SUCCESS"
+        return self._respond({"verification_status": verdict})
 
     async def _token(self, request: Request) -> Response:
         expected = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()

@@ -65,6 +65,7 @@ class SquareFake(FakeProcessor):
         self.refunds: dict[str, _Refund] = {}
         self.idempotency: dict[str, StoredAnswer] = {}
         self.square_versions: list[str | None] = []  # the Square-Version of every API request
+        self.list_page_size = 100  # ListPaymentRefunds' default page size; tests lower it to see pagination
         super().__init__()
 
     # ------------------------------------------------------------------ wire helpers
@@ -340,7 +341,7 @@ class SquareFake(FakeProcessor):
         order = query.get("sort_order", "DESC")
         if order not in ("ASC", "DESC"):
             return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_ENUM_VALUE", f"Invalid sort_order {order}.", "sort_order")
-        limit_text = query.get("limit", "100")
+        limit_text = query.get("limit", str(self.list_page_size))
         if not limit_text.isdigit() or int(limit_text) < 1:
             return self._error(400, "INVALID_REQUEST_ERROR", "INVALID_VALUE", "limit must be positive.", "limit")
         limit = min(int(limit_text), 100)

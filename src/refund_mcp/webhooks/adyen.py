@@ -8,6 +8,11 @@ is the HEX-DECODED HMAC key; the base64 HMAC-SHA256 must equal `additionalData.h
 A delivery is accepted only if every item verifies: one bad item refuses the whole delivery
 (401), so Adyen resends it whole and nothing is applied twice or half.
 
+The signature covers only those eight fields. `eventDate`, `reason` and `additionalData`
+(`modification.action`, `shopperEmail`) are trusted as far as TLS protects the delivery; none of
+them can move money on its own (a changed `modification.action` can only block refunds of a
+payment or mark one of our refunds succeeded, never release an amount).
+
 Adyen has no event id. An item is identified by (pspReference, eventCode, success), which Adyen
 documents as unique per notification (`success` may flip on a later notification for the same
 modification), so the id is a digest of those three.

@@ -1,0 +1,15 @@
+"""The webhook tests' world: an App on all four fakes, its webhook routes, signed deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.webhooks.world import World, open_world
+
+
+@pytest.fixture
+async def world(tmp_path) -> AsyncIterator[World]:
+    async with open_world(tmp_path) as opened:
+        yield opened
