@@ -35,8 +35,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx2
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from refund_mcp.processors.base import Processor
 from refund_mcp.domain.errors import (
     Delivery,
     ProcessorAuthFailed,
@@ -263,3 +264,22 @@ def parse_answer(
         return model.model_validate(body)
     except ValidationError as exc:
         raise unreadable_answer(processor, response, mutating=mutating, request_id=request_id) from exc
+
+
+class WireModel(BaseModel):
+    """A processor's JSON object. Processors add fields over time; only what we read is declared."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class HttpProcessor(Processor):
+    """A processor reached over HTTP. It owns its client unless one is injected (tests, a shared pool)."""
+
+    def __init__(self, api_base: str, http: httpx2.AsyncClient | None) -> None:
+        self._base = api_base.rstrip("/")
+        self._owns_http = http is None
+        self._http = http if http is not None else build_client()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()

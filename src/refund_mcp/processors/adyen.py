@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery,
@@ -40,7 +40,6 @@ from refund_mcp.domain.models import (
     TransactionInfo,
 )
 from refund_mcp.processors import _http
-from refund_mcp.processors.base import Processor
 
 NAME = "adyen"
 DEFAULT_API_BASE = "https://checkout-test.adyen.com/v71"
@@ -53,8 +52,7 @@ KnownTransactions = Callable[[str], Awaitable[TransactionInfo | None]]
 # --------------------------------------------------------------------------- wire structs
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+_Wire = _http.WireModel
 
 
 class AdyenAmount(_Wire):
@@ -210,7 +208,7 @@ def _request_id(response: httpx2.Response) -> str | None:
 # --------------------------------------------------------------------------- the adapter
 
 
-class AdyenProcessor(Processor):
+class AdyenProcessor(_http.HttpProcessor):
     name = NAME
     capabilities = Capabilities(cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True)
 
@@ -225,17 +223,11 @@ class AdyenProcessor(Processor):
     ) -> None:
         self._api_key = api_key
         self._merchant_account = merchant_account
-        self._base = api_base.rstrip("/")
-        self._owns_http = http is None
-        self._http = http if http is not None else _http.build_client()
+        super().__init__(api_base, http)
         self._known_transactions = known_transactions
 
     def __repr__(self) -> str:
         return f"AdyenProcessor(merchant_account={self._merchant_account!r}, api_base={self._base!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
         if self._known_transactions is not None:

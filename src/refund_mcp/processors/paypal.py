@@ -30,7 +30,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery,
@@ -54,7 +54,6 @@ from refund_mcp.domain.models import (
 from refund_mcp.domain.money import from_decimal_string, to_decimal_string
 from refund_mcp.processors import _http
 from refund_mcp.processors._http import M
-from refund_mcp.processors.base import Processor
 
 NAME = "paypal"
 DEFAULT_API_BASE = "https://api-m.sandbox.paypal.com"
@@ -71,8 +70,7 @@ Flow = Literal["lookup", "create", "get", "verify"]
 # --------------------------------------------------------------------------- wire structs
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+_Wire = _http.WireModel
 
 
 class PayPalMoney(_Wire):
@@ -391,7 +389,7 @@ def _segment(identifier: str) -> str:
 # --------------------------------------------------------------------------- the adapter
 
 
-class PayPalProcessor(Processor):
+class PayPalProcessor(_http.HttpProcessor):
     name = NAME
     capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
 
@@ -405,9 +403,7 @@ class PayPalProcessor(Processor):
     ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
-        self._base = api_base.rstrip("/")
-        self._owns_http = http is None
-        self._http = http if http is not None else _http.build_client()
+        super().__init__(api_base, http)
         self._token: str | None = None
         self._token_valid_until = 0.0
         # One fetch at a time: concurrent callers wait for it and share the token it brings.
@@ -416,10 +412,6 @@ class PayPalProcessor(Processor):
 
     def __repr__(self) -> str:
         return f"PayPalProcessor(client_id={self._client_id!r}, api_base={self._base!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     # ---------------------------------------------------------------- token
 

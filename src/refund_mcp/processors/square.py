@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
     ProcessorError,
@@ -35,7 +35,6 @@ from refund_mcp.domain.models import (
 )
 from refund_mcp.processors import _http
 from refund_mcp.processors._http import M
-from refund_mcp.processors.base import Processor
 
 NAME = "square"
 DEFAULT_API_BASE = "https://connect.squareupsandbox.com"
@@ -50,8 +49,7 @@ Flow = Literal["lookup", "create", "get", "list"]
 # --------------------------------------------------------------------------- wire structs
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+_Wire = _http.WireModel
 
 
 class SquareMoney(_Wire):
@@ -269,7 +267,7 @@ def _segment(identifier: str) -> str:
 # --------------------------------------------------------------------------- the adapter
 
 
-class SquareProcessor(Processor):
+class SquareProcessor(_http.HttpProcessor):
     name = NAME
     capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
 
@@ -281,18 +279,12 @@ class SquareProcessor(Processor):
         square_version: str = DEFAULT_SQUARE_VERSION,
         http: httpx2.AsyncClient | None = None,
     ) -> None:
+        super().__init__(api_base, http)
         self._access_token = access_token
-        self._base = api_base.rstrip("/")
         self._square_version = square_version
-        self._owns_http = http is None
-        self._http = http if http is not None else _http.build_client()
 
     def __repr__(self) -> str:
         return f"SquareProcessor(api_base={self._base!r}, square_version={self._square_version!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def _call(
         self,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery,
@@ -45,7 +45,6 @@ from refund_mcp.domain.models import (
 )
 from refund_mcp.processors import _http
 from refund_mcp.processors._http import M
-from refund_mcp.processors.base import Processor
 
 NAME = "stripe"
 DEFAULT_API_BASE = "https://api.stripe.com"
@@ -86,9 +85,7 @@ class StripeRefundCreateRequest:
         return pairs
 
 
-class _Wire(BaseModel):
-    # Stripe adds fields over time; only what we read is declared.
-    model_config = ConfigDict(extra="ignore")
+_Wire = _http.WireModel
 
 
 class StripeRefundResponse(_Wire):
@@ -372,7 +369,7 @@ def _segment(identifier: str) -> str:
 # --------------------------------------------------------------------------- the adapter
 
 
-class StripeProcessor(Processor):
+class StripeProcessor(_http.HttpProcessor):
     name = NAME
     capabilities = Capabilities(cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
 
@@ -380,16 +377,10 @@ class StripeProcessor(Processor):
         self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
     ) -> None:
         self._api_key = api_key
-        self._base = api_base.rstrip("/")
-        self._owns_http = http is None
-        self._http = http if http is not None else _http.build_client()
+        super().__init__(api_base, http)
 
     def __repr__(self) -> str:
         return f"StripeProcessor(api_base={self._base!r})"
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
 
     async def _call(
         self,
