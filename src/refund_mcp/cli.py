@@ -166,15 +166,31 @@ async def _audit(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ approvals
 
 
-async def _approvals(args: argparse.Namespace) -> int:
+async def _with_app(handler: Any) -> int:
+    """Run an operator command against a fully built app; a refused decision prints its [code] and exits 1."""
     from refund_mcp.app import App
     from refund_mcp.domain.errors import RefundError
 
     app = await App.create(_settings())
-    approvals = app.service
     try:
+        return await handler(app)
+    except RefundError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        await app.aclose()
+
+
+def _print_decision(view: Any) -> int:
+    print(f"{view.refund_id}: {view.status} ({view.message})")
+    return EXIT_OK
+
+
+async def _approvals(args: argparse.Namespace) -> int:
+    async def handle(app: Any) -> int:
+        service = app.service
         if args.approvals_command == "list":
-            rows = await approvals.pending_approvals()
+            rows = await service.pending_approvals()
             if not rows:
                 print("no refunds are waiting for approval")
             for view in rows:
@@ -184,29 +200,19 @@ async def _approvals(args: argparse.Namespace) -> int:
                 )
             return EXIT_OK
         if args.approvals_command == "show":
-            detail = await approvals.refund_with_trail(args.refund_id)
-            print(json.dumps(detail, indent=2, default=str))
+            print(json.dumps(await service.refund_with_trail(args.refund_id), indent=2, default=str))
             return EXIT_OK
-        decide = approvals.approve if args.approvals_command == "approve" else approvals.deny
-        view = await decide(args.refund_id, approver=args.by, note=args.note)
-        print(f"{view.refund_id}: {view.status} ({view.message})")
-        return EXIT_OK
-    except RefundError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        await app.aclose()
+        decide = service.approve if args.approvals_command == "approve" else service.deny
+        return _print_decision(await decide(args.refund_id, approver=args.by, note=args.note))
+
+    return await _with_app(handle)
 
 
 # ------------------------------------------------------------------ refunds (operator decisions)
 
 
 async def _refunds(args: argparse.Namespace) -> int:
-    from refund_mcp.app import App
-    from refund_mcp.domain.errors import RefundError
-
-    app = await App.create(_settings())
-    try:
+    async def handle(app: Any) -> int:
         if args.refunds_command == "stuck":
             stuck = await app.service.stuck_refunds()
             if not stuck:
@@ -215,14 +221,9 @@ async def _refunds(args: argparse.Namespace) -> int:
                 print(f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  attempts={view.retry.attempts}  {view.retry.last_error}")
             return EXIT_OK
         outcome = "failed" if args.failed else "retry"
-        view = await app.service.resolve_queued(args.refund_id, outcome=outcome, operator=args.by, note=args.note)
-        print(f"{view.refund_id}: {view.status} ({view.message})")
-        return EXIT_OK
-    except RefundError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
-    finally:
-        await app.aclose()
+        return _print_decision(await app.service.resolve_queued(args.refund_id, outcome=outcome, operator=args.by, note=args.note))
+
+    return await _with_app(handle)
 
 
 # ------------------------------------------------------------------ db
