@@ -12,7 +12,7 @@ Scripted outcomes, chosen by the last two digits of the refund amount in minor u
 
 from __future__ import annotations
 
-import itertools
+import secrets
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -76,7 +76,6 @@ class SandboxProcessor(Processor):
         self._by_key: dict[str, tuple[ProcessorRefundRequest, ProcessorRefund]] = {}
         self._by_id: dict[str, ProcessorRefund] = {}
         self._unreachable_once: set[str] = set()
-        self._ids = itertools.count(1)
 
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
         payment = self._payments.get(transaction_id)
@@ -130,7 +129,8 @@ class SandboxProcessor(Processor):
             77: (RefundStatus.REQUIRES_ACTION, None),
         }.get(script, (RefundStatus.SUCCEEDED, None))
         refund = ProcessorRefund(
-            processor_refund_id=f"sbx_re_{next(self._ids):06d}",
+            # Random, not a counter: several server processes share one database and must never mint the same id.
+            processor_refund_id=f"sbx_re_{secrets.token_hex(8)}",
             status=status,
             amount_minor=request.amount_minor,
             currency=request.currency,
