@@ -44,28 +44,57 @@ class VerifyResult:
     bad_seq: int | None = None
 
 
-def verify_chain(records: Iterable[StoredRecord], head_seq: int, head_hash: str) -> VerifyResult:
-    """Walk the records in seq order; the first inconsistency is reported with its seq."""
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
-    count = 0
-    for record in records:
-        count += 1
-        if record.seq != expected_seq:
-            return VerifyResult(False, count, f"record {expected_seq} is missing (found {record.seq} next)", record.seq)
-        if record.prev_hash != expected_prev:
-            return VerifyResult(False, count, f"record {record.seq} does not follow record {record.seq - 1}", record.seq)
+class ChainWalker:
+    """Checks records one at a time, in seq order, so a long chain is verified in constant memory."""
+
+    def __init__(self) -> None:
+        self.expected_prev = GENESIS_HASH
+        self.expected_seq = 1
+        self.count = 0
+        self.failure: VerifyResult | None = None
+
+    def feed(self, record: StoredRecord) -> bool:
+        """False once a problem is found (kept in `failure`); later records are not looked at."""
+        if self.failure is not None:
+            return False
+        self.count += 1
+        problem = self._problem(record)
+        if problem is not None:
+            self.failure = VerifyResult(False, self.count, problem, record.seq)
+            return False
+        self.expected_prev = record.hash
+        self.expected_seq += 1
+        return True
+
+    def _problem(self, record: StoredRecord) -> str | None:
+        if record.seq != self.expected_seq:
+            return f"record {self.expected_seq} is missing (found {record.seq} next)"
+        if record.prev_hash != self.expected_prev:
+            return f"record {record.seq} does not follow record {record.seq - 1}"
         if record_hash(record.prev_hash, record.body) != record.hash:
-            return VerifyResult(False, count, f"record {record.seq} was altered (hash mismatch)", record.seq)
+            return f"record {record.seq} was altered (hash mismatch)"
         try:
             body = json.loads(record.body)
         except ValueError:
-            return VerifyResult(False, count, f"record {record.seq} has an unreadable body", record.seq)
+            return f"record {record.seq} has an unreadable body"
         for name in INDEXED_FIELDS:
             if body.get(name) != record.columns.get(name):
-                return VerifyResult(False, count, f"record {record.seq} column {name!r} was altered", record.seq)
-        expected_prev = record.hash
-        expected_seq += 1
-    if count != head_seq or expected_prev != head_hash:
-        return VerifyResult(False, count, f"the chain ends at record {count} but its head says {head_seq}", count + 1)
-    return VerifyResult(True, count)
+                return f"record {record.seq} column {name!r} was altered"
+        return None
+
+    def finish(self, head_seq: int, head_hash: str) -> VerifyResult:
+        if self.failure is not None:
+            return self.failure
+        if self.count != head_seq or self.expected_prev != head_hash:
+            # Records removed from the end leave a consistent but short chain; the head row remembers.
+            return VerifyResult(False, self.count, f"the chain ends at record {self.count} but its head says {head_seq}", self.count + 1)
+        return VerifyResult(True, self.count)
+
+
+def verify_chain(records: Iterable[StoredRecord], head_seq: int, head_hash: str) -> VerifyResult:
+    """Walk the records in seq order; the first inconsistency is reported with its seq."""
+    walker = ChainWalker()
+    for record in records:
+        if not walker.feed(record):
+            break
+    return walker.finish(head_seq, head_hash)

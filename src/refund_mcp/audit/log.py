@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from refund_mcp.audit.chain import StoredRecord, VerifyResult, canonical_json, record_hash, verify_chain
+from refund_mcp.audit.chain import ChainWalker, StoredRecord, VerifyResult, canonical_json, record_hash
 from refund_mcp.audit.redact import redact
 from refund_mcp.store import tables
 
@@ -93,15 +93,15 @@ def _stored(row: Any) -> StoredRecord:
     )
 
 
-async def _stream(engine: AsyncEngine, batch: int = 5000) -> AsyncIterator[StoredRecord]:
+async def _stream(engine: AsyncEngine, batch: int = 5000, upto: int | None = None) -> AsyncIterator[StoredRecord]:
     last = 0
+    log = tables.audit_log
     while True:
+        query = select(log).where(log.c.seq > last)
+        if upto is not None:
+            query = query.where(log.c.seq <= upto)
         async with engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(tables.audit_log).where(tables.audit_log.c.seq > last).order_by(tables.audit_log.c.seq).limit(batch)
-                )
-            ).all()
+            rows = (await conn.execute(query.order_by(log.c.seq).limit(batch))).all()
         if not rows:
             return
         for row in rows:
@@ -112,8 +112,12 @@ async def _stream(engine: AsyncEngine, batch: int = 5000) -> AsyncIterator[Store
 async def verify(engine: AsyncEngine) -> VerifyResult:
     async with engine.connect() as conn:
         head = (await conn.execute(select(tables.audit_head).where(tables.audit_head.c.id == 1))).one()
-    records = [record async for record in _stream(engine)]
-    return verify_chain(records, head.seq, head.hash)
+    walker = ChainWalker()
+    # Only up to the head read above: records appended while verifying belong to the next run.
+    async for record in _stream(engine, upto=head.seq):
+        if not walker.feed(record):
+            break
+    return walker.finish(head.seq, head.hash)
 
 
 async def export(engine: AsyncEngine) -> AsyncIterator[dict[str, Any]]:
