@@ -14,8 +14,22 @@ stdio has no transport auth: there the caller's identity comes from REFUND_MCP_A
 `require_scope` lets every call through because no access token is present.
 """
 
-from refund_mcp.auth.config import AuthConfig, AuthConfigError, is_loopback, load_auth_config, refuse_open_exposure
+from typing import Any
+
 from refund_mcp.auth.scopes import ALL_SCOPES, READ, TOOL_SCOPES, WRITE, require_scope
+
+_CONFIG_NAMES = frozenset({"AuthConfig", "AuthConfigError", "is_loopback", "load_auth_config", "refuse_open_exposure"})
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP auth configuration pulls in PyJWT and cryptography; stdio never needs them, so they are
+    # imported on first use rather than at start (cold start matters to desktop clients).
+    if name in _CONFIG_NAMES:
+        from refund_mcp.auth import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL_SCOPES",
