@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import sys
 import time
@@ -16,8 +17,11 @@ from bench.common import DEFAULT_PG_URL, Config, Section, log
 
 # Name on the command line -> module. Run in this order: the cheap, noise-sensitive in-process
 # measurements first, the multi-process ones after.
+# Report order (the issue's numbering).
+REPORT_ORDER = ("overhead", "history", "http", "contention", "cold_start", "policy", "audit")
 BENCHMARKS = {
     "overhead": "bench.overhead",
+    "history": "bench.history",
     "policy": "bench.policy_engine",
     "cold_start": "bench.cold_start",
     "contention": "bench.contention",
@@ -28,9 +32,14 @@ BENCHMARKS = {
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run in about a minute")
+    parser.add_argument("--quick", action="store_true", help="small counts, 1 repeat, no profiles: a smoke run in about a minute")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5; 2 with --quick)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="repeats per measurement (default 5, and 3 for the HTTP set-ups that restart servers; 1 with --quick)",
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("REFUND_MCP_BENCH_PG_URL", DEFAULT_PG_URL),
@@ -54,8 +63,22 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _quiet_logs() -> None:
+    """Keep stderr to the benchmark's progress lines.
+
+    The SDK configures root logging at INFO when an MCPServer is created in-process; then every HTTP
+    request (httpx2), every expected refusal in the contention runs (the SDK client logs failed tool calls)
+    and every schema migration of a fresh database would be printed.
+    """
+    for name, level in (("httpx2", logging.WARNING), ("mcp", logging.ERROR), ("refund_mcp", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+
+
 async def _main(args: argparse.Namespace, command: str) -> int:
     from bench import machine, profiling, report
+
+    _quiet_logs()
+    began = time.perf_counter()
 
     cfg = Config.make(quick=args.quick, repeats=args.repeats, pg_url=args.pg_url or None, profile=not args.no_profile)
     info = await machine.describe(cfg)
@@ -68,11 +91,13 @@ async def _main(args: argparse.Namespace, command: str) -> int:
         section.seconds = time.perf_counter() - started
         log(f"{name}: done in {section.seconds:.1f} s")
         sections.append(section)
+    info["load_at_end"] = machine.load_average()
+    sections.sort(key=lambda section: REPORT_ORDER.index(section.name))
     profiles: list[str] = []
     if cfg.profile:
         profiles = await profiling.profile_missed(cfg, sections)
     update_committed = (not args.quick and args.names == list(BENCHMARKS)) or args.write_results_md
-    written = report.write(info, cfg, sections, profiles, command, update_committed=update_committed)
+    written = report.write(info, cfg, sections, profiles, command, time.perf_counter() - began, update_committed=update_committed)
     print(report.render_tables(sections))
     for path in written:
         log(f"wrote {path}")

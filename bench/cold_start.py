@@ -80,8 +80,9 @@ async def run(cfg: Config) -> Section:
     with tempfile.TemporaryDirectory(prefix="refund-mcp-bench-cold-") as tmp:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("REFUND_MCP_")}
         # One unmeasured launch of each first: the OS file cache should be warm for both, not for one.
-        await _launch(bare_cmd, base_env)
-        await _launch(refund_cmd, server_env(sqlite_url(Path(tmp) / "warm"), policy=_default_policy()))
+        if not cfg.quick:
+            await _launch(bare_cmd, base_env)
+            await _launch(refund_cmd, server_env(sqlite_url(Path(tmp) / "warm"), policy=_default_policy()))
         for repeat in range(cfg.repeats):
             log(f"cold start: launch {repeat + 1}/{cfg.repeats}")
             first, listed, counts["bare"] = await _launch(bare_cmd, base_env)
@@ -117,7 +118,9 @@ async def run(cfg: Config) -> Section:
     extra = _extra_imports(imports_refund, imports_bare)
     offenders = [(root, delta) for root, delta in extra.items() if delta >= 1.0][:12]
     section.notes.append(
-        f"{cfg.repeats} launches of each, alternating, after one unmeasured launch of each; the client is the SDK's "
+        f"Launches of each: {cfg.repeats}, alternating"
+        + ("" if cfg.quick else ", after one unmeasured launch of each")
+        + "; the client is the SDK's "
         "Client over stdio_client (auto mode: server/discover is the first answer). refund-mcp runs with the "
         "packaged default policy and the sandbox."
     )

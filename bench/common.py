@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,22 +52,27 @@ class Config:
 
     quick: bool = False
     repeats: int = 5
+    # Repeats of the measurements that start server processes and fresh databases each time (HTTP
+    # throughput, HTTP contention): 3 by default to keep the whole run near 10 minutes; --repeats sets both.
+    process_repeats: int = 3
     pg_url: str | None = DEFAULT_PG_URL
     # 1. per-call overhead (in-process)
-    overhead_calls: int = 200
-    overhead_noop_calls: int = 2000
+    overhead_calls: int = 100
+    overhead_noop_calls: int = 1000
     overhead_warmup: int = 20
+    # 1b. create_refund as the history grows
+    history_calls: int = 60
+    history_other: int = 20_000
+    history_same: int = 2_000
     # 2. HTTP throughput
     http_clients: tuple[int, ...] = (8, 32)
-    http_window_seconds: float = 4.0
-    http_warmup_seconds: float = 1.0
+    http_window_seconds: float = 3.0
+    http_warmup_seconds: float = 0.5
     http_processes: int = 3
     # 3. contention
     contention_calls: int = 200
-    # 4. cold start
-    cold_start_launches: int = 5
     # 5. policy engine
-    policy_decisions: int = 20000
+    policy_decisions: int = 10000
     # 6. audit verify
     audit_records: int = 100_000
     audit_pg: bool = True
@@ -78,21 +83,24 @@ class Config:
         if quick:
             return cls(
                 quick=True,
-                repeats=repeats or 2,
+                repeats=repeats or 1,
+                process_repeats=repeats or 1,
                 pg_url=pg_url,
-                overhead_calls=40,
+                overhead_calls=30,
                 overhead_noop_calls=300,
                 overhead_warmup=5,
+                history_calls=20,
+                history_other=2_000,
+                history_same=200,
                 http_clients=(8, 32),
                 http_window_seconds=1.5,
                 http_warmup_seconds=0.3,
-                contention_calls=60,
-                cold_start_launches=2,
+                contention_calls=40,
                 policy_decisions=3000,
-                audit_records=10_000,
-                profile=False,
+                audit_records=5_000,
+                profile=False,  # a smoke run: the profiles take longer than everything else together
             )
-        return cls(repeats=repeats or 5, pg_url=pg_url, profile=profile)
+        return cls(repeats=repeats or 5, process_repeats=repeats or 3, pg_url=pg_url, profile=profile)
 
 
 # ------------------------------------------------------------------ statistics
@@ -339,16 +347,22 @@ def server_env(db_url: str, policy: Path = THROUGHPUT_POLICY, extra: Mapping[str
     return env
 
 
-def _wait_healthy(url: str, procs: Sequence[subprocess.Popen[bytes]], deadline_seconds: float = 60.0) -> None:
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def _wait_healthy(url: str, procs: Sequence[tuple[subprocess.Popen[bytes], Path]], deadline_seconds: float = 60.0) -> None:
     """Readiness polling: a server is up when /healthz answers 200."""
     import httpx2
 
     give_up = time.monotonic() + deadline_seconds
     while time.monotonic() < give_up:
-        for proc in procs:
+        for proc, log_path in procs:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"refund-mcp serve exited with {proc.returncode}: {err[-2000:]}")
+                raise RuntimeError(f"refund-mcp serve exited with {proc.returncode}: {_tail(log_path)}")
         try:
             if httpx2.get(url, timeout=1.0).status_code == 200:
                 return
@@ -366,8 +380,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
+
+
+# Where the servers' stderr goes. A file, not a pipe: a pipe nobody reads fills up under load and then
+# blocks the server on its next log line, which looks exactly like a server that stopped answering.
+SERVER_LOG_DIR = BENCH_DIR / "results" / "server-logs"
 
 
 @contextmanager
@@ -376,19 +393,22 @@ def http_servers(db_url: str, count: int = 1, policy: Path = THROUGHPUT_POLICY) 
 
     The first one starts alone so that it applies the schema migrations; the others then start together.
     """
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     urls: list[str] = []
     env = server_env(db_url, policy)
+    SERVER_LOG_DIR.mkdir(parents=True, exist_ok=True)
     try:
         for index in range(count):
             port = free_port()
-            proc = subprocess.Popen(
-                [*refund_mcp_command(), "serve", "--transport", "http", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            procs.append(proc)
+            log_path = SERVER_LOG_DIR / f"serve-{port}.log"
+            with open(log_path, "wb") as log_file:
+                proc = subprocess.Popen(
+                    [*refund_mcp_command(), "serve", "--transport", "http", "--port", str(port)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_file,
+                )
+            procs.append((proc, log_path))
             urls.append(f"http://127.0.0.1:{port}")
             if index == 0:
                 _wait_healthy(f"{urls[0]}/healthz", procs)
@@ -396,37 +416,94 @@ def http_servers(db_url: str, count: int = 1, policy: Path = THROUGHPUT_POLICY) 
             _wait_healthy(f"{url}/healthz", procs)
         yield [f"{url}/mcp" for url in urls]
     finally:
-        for proc in procs:
+        for proc, log_path in procs:
             _stop(proc)
+            if proc.returncode in (0, -signal.SIGTERM) and not os.environ.get("REFUND_MCP_BENCH_KEEP_LOGS"):
+                log_path.unlink(missing_ok=True)  # keep only the logs of servers that did not stop cleanly
 
 
 def http_client_factory(timeout: float = 120.0) -> Any:
-    """An httpx2 client sized for many concurrent MCP clients (the default pool caps at 100 connections)."""
+    """An httpx2 client for many concurrent MCP clients.
+
+    No cap on connections (the default pool stops at 100), and idle connections expire after 2 s, before
+    uvicorn closes them (its keep-alive timeout is 5 s): otherwise a request can go out on a connection
+    the server is closing at that moment and fail with ReadError, which happened when 200 clients
+    connected, waited for the start signal, and then all fired at once.
+    """
     import httpx2
 
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(timeout),
-        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+        limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0),
     )
 
 
-async def open_clients(stack: Any, targets: Sequence[Any], count: int, http: Any = None) -> list[Any]:
-    """`count` connected MCP clients spread round-robin over `targets` (in-process servers or /mcp URLs).
-
-    All are connected before any measurement starts, so connection set-up is never timed.
-    """
+def mcp_client(target: Any, http: Any = None) -> Any:
+    """An MCP client for an in-process server or a /mcp URL (response caching off: every call reaches the server)."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    clients = []
-    for index in range(count):
-        target = targets[index % len(targets)]
-        if isinstance(target, str):
-            client = Client(streamable_http_client(target, http_client=http), cache=None)
-        else:
-            client = Client(target, cache=None)
-        clients.append(await stack.enter_async_context(client))
-    return clients
+    if isinstance(target, str):
+        return Client(streamable_http_client(target, http_client=http), cache=None)
+    return Client(target, cache=None)
+
+
+async def run_clients(
+    targets: Sequence[Any],
+    count: int,
+    run: Callable[[Any, int], Awaitable[None]],
+    *,
+    prepare: Callable[[Any, int], Awaitable[None]] | None = None,
+    http: Any = None,
+) -> tuple[float, list[BaseException | None]]:
+    """`count` MCP clients, spread round-robin over `targets`, each in its own task.
+
+    Each client connects and runs `prepare`; once every client is ready (or has failed), all are
+    released together into `run`. Returns the release time (perf_counter) and, per client, the error
+    that ended it, if any: one client's broken connection is recorded, not allowed to end the run.
+    """
+    import anyio
+
+    errors: list[BaseException | None] = [None] * count
+    settled = 0
+    go = anyio.Event()
+    released = [0.0]
+
+    async def one(index: int) -> None:
+        nonlocal settled
+        ready = False
+        try:
+            async with mcp_client(targets[index % len(targets)], http) as client:
+                if prepare is not None:
+                    await prepare(client, index)
+                settled += 1
+                ready = True
+                await go.wait()
+                await run(client, index)
+        except Exception as exc:
+            errors[index] = exc
+            if not ready:
+                settled += 1
+
+    async def release() -> None:
+        while settled < count:
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # let every task reach go.wait()
+        released[0] = time.perf_counter()
+        go.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release)
+        for index in range(count):
+            tg.start_soon(one, index)
+    return released[0], errors
+
+
+def describe_error(exc: BaseException) -> str:
+    """The innermost cause of a (possibly grouped) client failure, e.g. `ReadError`."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return type(exc).__name__
 
 
 def error_code(result: Any) -> str:

@@ -57,7 +57,16 @@ async def describe(cfg: Config) -> dict[str, Any]:
         "mcp": _package_version("mcp"),
         "sqlalchemy": _package_version("SQLAlchemy"),
         "refund_mcp": _package_version("refund-mcp"),
+        "load_at_start": load_average(),
     }
+
+
+def load_average() -> str:
+    """1/5/15-minute load: the machine is shared, and the numbers only mean something next to it."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def render(machine: dict[str, Any]) -> str:
@@ -66,4 +75,6 @@ def render(machine: dict[str, Any]) -> str:
         f"- CPU: {machine['cpu']}, nproc = {machine['nproc']}; RAM {machine['ram']}; {machine['os']}\n"
         f"- Python {machine['python']}; SQLite {machine['sqlite']}; PostgreSQL {machine['postgresql']} (local, same machine)\n"
         f"- mcp {machine['mcp']}; SQLAlchemy {machine['sqlalchemy']}; refund-mcp {machine['refund_mcp']}\n"
+        f"- Load average (1/5/15 min) at start {machine['load_at_start']}, at end {machine.get('load_at_end', 'n/a')}: "
+        "the machine was not reserved for the benchmark, so anything else running shows up as spread\n"
     )

@@ -52,13 +52,15 @@ def render_tables(sections: list[Section]) -> str:
     return "\n".join(out)
 
 
-def render_document(machine: dict[str, Any], cfg: Config, sections: list[Section], profiles: list[str], command: str) -> str:
-    total = sum(s.seconds for s in sections)
+def render_document(
+    machine: dict[str, Any], cfg: Config, sections: list[Section], profiles: list[str], command: str, elapsed: float
+) -> str:
     parts = [
         "# refund-mcp benchmarks\n",
         "What refund-mcp adds on top of the MCP SDK, measured side by side. Produced by "
-        f"`{command}` (about {total / 60:.1f} min); nothing is asserted. Medians over {cfg.repeats} repeats, "
-        "with the spread (min–max across repeats) in parentheses.\n",
+        f"`{command}` ({elapsed / 60:.1f} min in all; see bench/README.md); nothing is asserted. Medians over "
+        f"repeated runs ({cfg.repeats} for in-process measurements, {cfg.process_repeats} for the HTTP set-ups, which "
+        "restart servers on a fresh database each time), with the spread (min–max across repeats) in parentheses.\n",
         "## Machine\n",
         render_machine(machine),
         "## Results\n",
@@ -84,15 +86,17 @@ def write(
     sections: list[Section],
     profiles: list[str],
     command: str,
+    elapsed: float,
     *,
     update_committed: bool,
 ) -> list[Path]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    document = render_document(machine, cfg, sections, profiles, command)
+    document = render_document(machine, cfg, sections, profiles, command, elapsed)
     written = [RESULTS_DIR / "latest.md", RESULTS_DIR / "latest.json"]
     written[0].write_text(document, encoding="utf-8")
     payload = {
         "command": command,
+        "elapsed_seconds": elapsed,
         "machine": machine,
         "config": {k: v for k, v in vars(cfg).items()},
         "sections": {s.name: s.as_dict() for s in sections},
