@@ -98,7 +98,7 @@ CREATE_STEPS = {
     "confirm_if_needed": "confirmation resolver (a preview transaction only above the smallest confirmation threshold)",
     "RefundService.guard_tool": "tool permission check",
     "RefundService._reserve": "reserve transaction (idempotency, balance, policy, insert, audit)",
-    "RefundService._evaluate": "  of which: evaluate (transaction upsert, balance, 2 daily sums, policy)",
+    "RefundService._evaluate": "  of which: evaluate (transaction upsert, balance, 24-hour sums, policy)",
     "daily_total": "  of which: the 24-hour sums (per actor + global)",
     "daily_totals": "  of which: the 24-hour sums (per actor + global)",
     "PolicyEngine.evaluate": "  of which: PolicyEngine.evaluate",

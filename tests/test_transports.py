@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import httpx2
@@ -62,3 +64,19 @@ async def test_the_server_works_over_streamable_http(tmp_path, mode):
             assert health["status"] == "ok" and health["processors"] == ["sandbox"]
             metrics = (await http.get(f"{base}/metrics")).text
             assert 'refund_mcp_tool_calls_total{tool="create_refund",outcome="ok"} 1' in metrics
+
+
+def test_the_stdio_server_exits_when_its_client_closes_stdin(tmp_path):
+    """A desktop client ends a session by closing stdin; the server (and its worker) must then exit by itself."""
+    import subprocess
+
+    proc = subprocess.run(
+        [*refund_mcp_command(), "serve"],
+        input=b"",
+        env={**os.environ, **server_env(tmp_path), "REFUND_MCP_WORKER_INTERVAL_SECONDS": "3600"},
+        capture_output=True,
+        timeout=120,  # a hang, not slowness, is what this guards against
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == b""  # nothing but MCP on stdout
+    assert b"refund-mcp serving on stdio" in proc.stderr

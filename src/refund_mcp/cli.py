@@ -74,10 +74,11 @@ async def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     app = await App.create(settings)
     app.reload_policy_on_sighup()
+    stop_worker = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
-                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds)
+                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds, stop_worker)
             if args.transport == "stdio":
                 _startup_summary(app, "stdio", "")
                 await app.server.run_stdio_async()
@@ -86,7 +87,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
                 _startup_summary(app, "http", f"http://{args.host}:{args.port}/mcp")
                 await serve_http(app, args.host, args.port, auth=http_auth)
-            tg.cancel_scope.cancel()
+            # The client went away (stdin closed) or the HTTP server stopped: let the worker finish its pass.
+            stop_worker.set()
     finally:
         await app.aclose()
     return EXIT_OK

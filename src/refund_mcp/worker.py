@@ -27,8 +27,11 @@ async def run_once(service: RefundService) -> int:
     return handled
 
 
-async def run_forever(service: RefundService, interval_seconds: float) -> None:
-    while True:
+async def run_forever(service: RefundService, interval_seconds: float, stop: anyio.Event | None = None) -> None:
+    """Loop until `stop` is set. Stopping waits for the pass in progress: cancelling one mid-transaction
+    would leave a database connection closing with nobody awaiting it (and the process hanging at exit)."""
+    stop = stop or anyio.Event()
+    while not stop.is_set():
         try:
             handled = await run_once(service)
         except RefundError as exc:
@@ -38,4 +41,5 @@ async def run_forever(service: RefundService, interval_seconds: float) -> None:
             logger.exception("worker pass crashed; continuing")
             handled = 0
         if handled == 0:
-            await anyio.sleep(interval_seconds)
+            with anyio.move_on_after(interval_seconds):
+                await stop.wait()
