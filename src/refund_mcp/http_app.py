@@ -177,5 +177,8 @@ async def serve_http(app: Any, host: str, port: int, *, auth: AuthConfig | None 
     logger.info("HTTP auth: %s", config.description if config.enabled else "none (loopback only)")
     logger.info("accepted Host names: %s", ", ".join(config.allowed_hosts))
     # No access log: request lines are not worth the risk of a URL that carries something secret.
-    uv_config = uvicorn.Config(starlette_app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+    # MCP clients keep their connection between calls; uvicorn's 5 s default closes it under their feet.
+    uv_config = uvicorn.Config(
+        starlette_app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, timeout_keep_alive=30
+    )
     await uvicorn.Server(uv_config).serve()
