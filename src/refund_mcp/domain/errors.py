@@ -128,6 +128,7 @@ class ProcessorCallError(RefundError):
         request_id: str | None = None,
         retry_after: float | None = None,
         processor_code: str | None = None,
+        answered: bool = False,
     ) -> None:
         super().__init__(message, code=code)
         self.processor = processor
@@ -137,6 +138,10 @@ class ProcessorCallError(RefundError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.processor_code = processor_code
+        # The processor sent a complete HTTP answer (e.g. a whole 5xx body), as opposed to a timeout or a
+        # reset. Stripe stores such an answer under the idempotency key and replays it to every retry, so
+        # after one the refund is looked up and, if absent, retried under a new derived key.
+        self.answered = answered
 
     @property
     def retryable(self) -> bool:

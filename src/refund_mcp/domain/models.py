@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 class RefundStatus(enum.StrEnum):
@@ -60,6 +60,12 @@ class Capabilities:
     lookup_api: bool  # has an API to read the original payment
     partial_refunds: bool
     webhooks: bool
+    # How long the processor is documented to keep an idempotency key (Stripe 24 h, Adyen 31 days, PayPal
+    # 45 days). None: not published (Square) or not applicable. A create request is never re-sent under a
+    # key that may have expired: past a safe share of this age the refund is looked up first (find_refund).
+    idempotency_key_retention: timedelta | None = None
+    # find_refund can say authoritatively whether the processor holds a given refund of ours.
+    refund_search: bool = False
 
 
 @dataclass(frozen=True, slots=True)

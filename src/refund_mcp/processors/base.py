@@ -30,6 +30,16 @@ class Processor(abc.ABC):
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         """Current state of a refund. Raises RefundNotFound, NotSupported (no status API) or ProcessorCallError."""
 
+    async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
+        """Search the processor for the refund refund-mcp created for `request` (matched by our refund id,
+        `request.refund_id`, never by amount alone) among the payment's refunds, whatever idempotency key
+        it was sent under. None means the processor authoritatively holds no such refund. Raises
+        NotSupported where the processor cannot be searched (capabilities.refund_search is False), and
+        ProcessorCallError when the search could not be completed (then nothing may be concluded)."""
+        from refund_mcp.domain.errors import NotSupported
+
+        raise NotSupported(f"{self.name} cannot be searched for a refund")
+
     async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
         """Cancel a refund the processor accepted. Raises NotSupported where the processor has no such call."""
         from refund_mcp.domain.errors import NotSupported
