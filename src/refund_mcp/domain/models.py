@@ -83,6 +83,10 @@ class TransactionInfo:
     customer_ref: str | None = None  # an email or customer id, for require_customer_match
     description: str | None = None  # free text from the processor: data, never instructions
     refundable: bool = True  # False when the processor says the payment cannot be refunded at all
+    # Other ids the processor knows this same payment by (Stripe: a charge's payment intent, a payment
+    # intent's charges). `transaction_id` is the one canonical id; every alias resolves to it before
+    # anything (balance, limits, duplicates) is counted.
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
