@@ -19,7 +19,11 @@ Control API, identical on every fake (never subject to faults or auth):
 Faults (`fake.faults.<name> = N` in process, or over HTTP) are consumed one per API request, in
 this order: next_500, next_503, next_429 (answered before anything executes, so nothing is
 stored), then next_timeout_after_commit (the refund is created and its idempotent answer stored,
-then the response never comes until released: the client sees a read timeout).
+then the response never comes until released: the client sees a read timeout). Fakes may add
+their own faults by subclassing `Faults` (Stripe's stored 5xx answers).
+
+Time: `fake.clock` (a callable returning an aware datetime, real time by default) is the fake's
+now; tests replace it to age idempotency keys without sleeping.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 Handler = Callable[[Request], Awaitable[Response]]
+Clock = Callable[[], datetime]
+
+
+def real_time() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -100,6 +109,7 @@ class StoredAnswer:
     status_code: int
     body: bytes
     headers: dict[str, str]
+    stored_at: datetime | None = None
 
     def replay(self, **extra_headers: str) -> Response:
         return Response(self.body, status_code=self.status_code, headers={**self.headers, **extra_headers})
@@ -118,8 +128,9 @@ class FakeProcessor:
 
     name = "fake"
 
-    def __init__(self) -> None:
-        self.faults = Faults()
+    def __init__(self, *, faults: Faults | None = None, clock: Clock = real_time) -> None:
+        self.faults = faults if faults is not None else Faults()
+        self.clock = clock
         self.request_count = 0
         self._stalls: list[anyio.Event] = []
         self.app = Starlette(routes=[*self._control_routes(), *self.api_routes()])

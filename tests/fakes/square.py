@@ -8,7 +8,11 @@ errors `{"errors": [{category, code, detail, field}]}` with codes from Square's 
 
 Idempotency (developer.squareup.com/docs/working-with-apis/idempotency): the body's
 `idempotency_key`; the same key with the same body replays the first answer byte for byte, the
-same key with a different body is refused with 400 IDEMPOTENCY_KEY_REUSED.
+same key with a different body is refused with 400 IDEMPOTENCY_KEY_REUSED. Square does not publish
+how long it keeps keys; `forget_idempotency_keys()` plays the day it forgets them.
+
+A payment's refunds: `GET /v2/payments/{id}` lists their ids in `refund_ids` (every refund of the
+payment, whatever its status; omitted while there is none), each read with `GET /v2/refunds/{id}`.
 
 Refunds start PENDING (Square completes card refunds asynchronously) unless the payment was
 seeded with another `refund_outcome`. Square's exact code for a refund in a currency other than
@@ -182,6 +186,12 @@ class SquareFake(FakeProcessor):
         refund.status = status.upper()
         refund.updated = datetime.now(UTC)
         return self.refund_object(refund)
+
+    def forget_idempotency_keys(self) -> int:
+        """Square forgets every key it holds (when is unpublished); returns how many."""
+        forgotten = len(self.idempotency)
+        self.idempotency.clear()
+        return forgotten
 
     def dashboard_refund(self, payment_id: str, amount: int, *, status: str = "COMPLETED") -> dict[str, Any]:
         """A refund made in the Square Dashboard or at a register: outside refund-mcp."""

@@ -1,7 +1,7 @@
 """A stateful fake of Stripe's refund API, faithful to the wire.
 
-Endpoints: POST /v1/refunds, GET /v1/refunds (list: `created[gte]`, `charge`, `limit`,
-`starting_after`; newest first), GET /v1/refunds/{id}, POST /v1/refunds/{id}/cancel,
+Endpoints: POST /v1/refunds, GET /v1/refunds (list: `created[gte]`, `charge`, `payment_intent`,
+`limit`, `starting_after`; newest first), GET /v1/refunds/{id}, POST /v1/refunds/{id}/cancel,
 GET /v1/charges/{id}, GET /v1/payment_intents/{id} (`expand[]=latest_charge`).
 `dashboard_refund()` makes a refund the way the Stripe Dashboard would (no refund-mcp metadata).
 Form-encoded bodies, `Authorization: Bearer`, a `Request-Id` on every answer, error bodies
@@ -11,13 +11,20 @@ fixtures (`stripe/openapi` fixtures3.json; checked by tests/processors/test_cont
 Idempotency (docs.stripe.com/api/idempotent_requests): the first result of a POST is stored with
 its status code and replayed byte for byte with `Idempotent-Replayed: true`; the same key with
 other parameters (or another endpoint) is refused with 400 `idempotency_error`. Requests that fail
-before executing (auth, injected 429/5xx, parameter validation) are not stored.
+before executing (auth, injected 429/5xx, parameter validation) are not stored. Keys are pruned once
+they are 24 hours old by `fake.clock` (Stripe: "eligible to be removed after at least 24 hours";
+the fake removes them exactly then, so a test can cross the line without sleeping).
+
+Stripe also saves a 5xx answer under the key and replays it. Two Stripe-only faults do that:
+`next_500_stored` (nothing executes; the 500 is stored and replayed to every retry with the key)
+and `next_500_after_commit` (the refund is made, then a 500 is stored and replayed instead of it).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,12 +32,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from tests.fakes.common import FakeProcessor, PaymentSeed, StoredAnswer, fingerprint, random_id
+from tests.fakes.common import (
+    Clock,
+    FakeProcessor,
+    Faults,
+    PaymentSeed,
+    StoredAnswer,
+    fingerprint,
+    random_id,
+    real_time,
+)
 
 DEFAULT_API_KEY = "sk_test_fake_refund_mcp_0000"
 REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 # Refund statuses whose amount counts against the charge (Stripe's amount_refunded includes pending ones).
 _HOLDS = ("pending", "requires_action", "succeeded")
+KEY_RETENTION = timedelta(hours=24)
+
+
+@dataclass
+class StripeFaults(Faults):
+    next_500_stored: int = 0
+    next_500_after_commit: int = 0
 
 
 @dataclass
@@ -58,12 +81,14 @@ class _Refund:
 class StripeFake(FakeProcessor):
     name = "stripe"
 
-    def __init__(self, *, api_key: str = DEFAULT_API_KEY) -> None:
+    faults: StripeFaults
+
+    def __init__(self, *, api_key: str = DEFAULT_API_KEY, clock: Clock = real_time) -> None:
         self.api_key = api_key
         self.payments: dict[str, _Payment] = {}  # by charge id and by intent id
         self.refunds: dict[str, _Refund] = {}
         self.idempotency: dict[str, StoredAnswer] = {}
-        super().__init__()
+        super().__init__(faults=StripeFaults(), clock=clock)
 
     # ------------------------------------------------------------------ wire helpers
 
@@ -381,6 +406,7 @@ class StripeFake(FakeProcessor):
         """Run `execute` once per Idempotency-Key; replay or refuse it afterwards."""
         key = request.headers.get("idempotency-key")
         request_print = fingerprint(request.url.path, sorted(params))
+        self._prune_keys()
         if key is not None and (stored := self.idempotency.get(key)) is not None:
             if stored.fingerprint != request_print:
                 return self._error(
@@ -392,14 +418,31 @@ class StripeFake(FakeProcessor):
             return stored.replay(
                 **{"Idempotent-Replayed": "true", "Original-Request": stored.headers.get("request-id", "")}
             )
-        response, executed = await execute()
+        if self.faults.next_500_stored > 0:
+            self.faults.next_500_stored -= 1
+            response, executed = self.server_error(500), True
+        else:
+            response, executed = await execute()
+            if executed and self.faults.next_500_after_commit > 0:
+                self.faults.next_500_after_commit -= 1
+                response = self.server_error(500)
         if executed:
             if key is not None:
                 self.idempotency[key] = StoredAnswer(
-                    request_print, response.status_code, bytes(response.body), dict(response.headers.items())
+                    request_print,
+                    response.status_code,
+                    bytes(response.body),
+                    dict(response.headers.items()),
+                    stored_at=self.clock(),
                 )
             await self.after_commit()
         return response
+
+    def _prune_keys(self) -> None:
+        """Forget every key stored 24 hours ago or earlier, as Stripe may."""
+        cutoff = self.clock() - KEY_RETENTION
+        for key in [k for k, stored in self.idempotency.items() if stored.stored_at and stored.stored_at <= cutoff]:
+            del self.idempotency[key]
 
     async def _create_refund(self, request: Request) -> Response:
         if (denied := self._unauthorized(request)) is not None:
@@ -499,7 +542,15 @@ class StripeFake(FakeProcessor):
         if gte_text is not None:
             listed = [r for r in listed if r.created >= int(gte_text)]
         if (charge := query.get("charge")) is not None:
+            if charge not in self.payments or self.payments[charge].charge_id != charge:
+                return self._error(404, f"No such charge: '{charge}'", code="resource_missing", param="charge")
             listed = [r for r in listed if r.charge_id == charge]
+        if (intent := query.get("payment_intent")) is not None:
+            if intent not in self.payments or self.payments[intent].intent_id != intent:
+                return self._error(
+                    404, f"No such payment_intent: '{intent}'", code="resource_missing", param="payment_intent"
+                )
+            listed = [r for r in listed if r.intent_id == intent]
         if (after := query.get("starting_after")) is not None:
             ids = [r.id for r in listed]
             if after not in ids:

@@ -22,7 +22,12 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPECS_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "specs"
+_REPO = Path(__file__).resolve().parents[2]
+# Beside the repository (`<repo>/../shared/specs`), or beside the directory holding a worktree of it.
+SPECS_DIR = next(
+    (parent / "shared" / "specs" for parent in _REPO.parents if (parent / "shared" / "specs").is_dir()),
+    _REPO.parent / "shared" / "specs",
+)
 
 
 def spec_path(name: str) -> Path:

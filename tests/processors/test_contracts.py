@@ -171,6 +171,7 @@ async def test_square_requests_and_the_fakes_answers_match_the_refunds_and_payme
     fake.set_refund_status(refund.processor_refund_id, "COMPLETED")
     await processor.get_refund(refund.processor_refund_id)
     await processor.lookup_transaction(payment)  # now with refunded_money and refund_ids
+    assert await processor.find_refund(refund_request(payment, 1000)) is None  # reads the payment and its refunds
     await _attempt(processor.create_refund(refund_request(payment, 99_999)))  # 400 REFUND_AMOUNT_INVALID
     await _attempt(processor.create_refund(refund_request("NOPE", 100)))  # 404
     await _attempt(processor.get_refund("NOPE"))  # 404
@@ -236,6 +237,20 @@ async def test_the_stripe_fakes_refunds_have_the_keys_and_types_of_stripes_fixtu
     refund = await processor.create_refund(refund_request(charge, 100))
     await http.aclose()
     assert_same_shape(fixture, fake.refund_object(fake.refunds[refund.processor_refund_id]))
+
+
+async def test_the_stripe_fakes_refund_lists_have_stripes_list_envelope_and_refund_objects() -> None:
+    fake = StripeFake()
+    http, transport = client_for(fake)
+    processor = StripeProcessor(api_key=SecretStr(fake.api_key), http=http)
+    intent = str(fake.add_payment(PaymentSeed(amount_minor=1000, currency="USD", kind="payment_intent"))["id"])
+    request = refund_request(intent, 100)
+    await processor.create_refund(request)
+    assert await processor.find_refund(request) is not None
+    await http.aclose()
+    listed = transport.to("/v1/refunds")[-1].response_json()
+    assert set(listed) == {"object", "data", "has_more", "url"} and listed["object"] == "list"
+    assert_same_shape(_stripe_fixture("refund"), listed["data"][0])
 
 
 async def test_the_stripe_fakes_charges_and_payment_intents_have_the_keys_and_types_of_stripes_fixtures() -> None:

@@ -52,6 +52,7 @@ async def test_transport_errors_become_processor_unavailable_classified_by_wheth
             await _http.send(http, request, processor="stripe")
     assert caught.value.delivery is delivery
     assert caught.value.processor == "stripe"
+    assert caught.value.answered is False  # the exchange broke off: no answer to replay
     assert isinstance(caught.value.__cause__, error)
 
 
@@ -76,6 +77,7 @@ async def test_server_errors_are_outcome_unknown(status: int) -> None:
     assert caught.value.delivery is Delivery.OUTCOME_UNKNOWN
     assert caught.value.http_status == status
     assert caught.value.code == "processor_unavailable"
+    assert caught.value.answered is True  # status and body were read: a processor may replay it
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def test_the_refund_body_carries_the_key_the_payment_minor_units_and_a_reason() 
         "idempotency_key": request.idempotency_key,
         "payment_id": "PAYMENT1",
         "amount_money": {"amount": 1250, "currency": "KWD"},
-        "reason": "Service issue: late delivery",
+        "reason": f"Service issue: late delivery ({request.refund_id})",
     }
 
 

@@ -68,10 +68,36 @@ async def test_looking_up_a_payment_intent_expands_its_latest_charge_for_refunde
     intent_id = seed(stripe, 3000, kind="payment_intent", customer_id="cus_42")
     await stripe.processor.create_refund(refund_request(intent_id, 1000))
     info = await stripe.processor.lookup_transaction(intent_id)
-    assert (info.transaction_id, info.captured_minor, info.refunded_minor) == (intent_id, 3000, 1000)
+    charge_id = stripe.fake.payments[intent_id].charge_id
+    assert (info.transaction_id, info.captured_minor, info.refunded_minor) == (charge_id, 3000, 1000)
+    assert info.aliases == (intent_id,)
     assert info.customer_ref == "cus_42"
     request = stripe.transport.to("/v1/payment_intents/")[-1].request
     assert request.url.params.get_list("expand[]") == ["latest_charge"]
+
+
+async def test_a_payment_intent_and_its_charge_are_one_payment_whichever_name_is_asked(stripe: Setup) -> None:
+    intent_id = seed(stripe, 3000, kind="payment_intent")
+    charge_id = stripe.fake.payments[intent_id].charge_id
+    by_intent = await stripe.processor.lookup_transaction(intent_id)
+    by_charge = await stripe.processor.lookup_transaction(charge_id)
+    assert (by_intent.transaction_id, by_intent.aliases) == (charge_id, (intent_id,))
+    assert (by_charge.transaction_id, by_charge.aliases) == (charge_id, (intent_id,))
+    assert (by_intent.amount_minor, by_intent.refunded_minor) == (by_charge.amount_minor, by_charge.refunded_minor)
+
+
+async def test_a_charge_without_a_payment_intent_has_no_aliases_and_a_py_id_is_canonical(stripe: Setup) -> None:
+    charge_id = seed(stripe, 1000)
+    payment_id = seed(stripe, 1000, id="py_3Mx0000000000000000000")
+    assert (await stripe.processor.lookup_transaction(charge_id)).aliases == ()
+    info = await stripe.processor.lookup_transaction(payment_id)
+    assert (info.transaction_id, info.aliases) == (payment_id, ())
+
+
+async def test_a_refund_names_the_charge_even_when_it_was_made_through_the_payment_intent(stripe: Setup) -> None:
+    intent_id = seed(stripe, 3000, kind="payment_intent")
+    refund = await stripe.processor.create_refund(refund_request(intent_id, 500))
+    assert refund.transaction_id == stripe.fake.payments[intent_id].charge_id
 
 
 async def test_an_uncaptured_payment_is_reported_not_refundable(stripe: Setup) -> None:

@@ -11,11 +11,18 @@ processor is OUTCOME_UNKNOWN (keep the reservation, retry with the same idempote
     ReadTimeout, WriteTimeout, ReadError,           ProcessorUnavailable   OUTCOME_UNKNOWN
       WriteError, RemoteProtocolError, any other
       transport or decoding error
-    HTTP 5xx                                        ProcessorUnavailable   OUTCOME_UNKNOWN
+    HTTP 5xx                                        ProcessorUnavailable   OUTCOME_UNKNOWN (answered)
     HTTP 429                                        RateLimited            NOT_SENT (retry_after)
     HTTP 401, 403                                   ProcessorAuthFailed    DECLINED
     any other status                                returned to the adapter, which maps the
                                                     processor's own error body
+
+`answered` is True on the errors built here from a complete HTTP answer (status and body read: a
+5xx, 429, 401/403, an unreadable 2xx) and False when the exchange broke off (timeouts, resets). A
+processor such as Stripe stores a complete 5xx under the idempotency key and replays it to every
+retry, so only after one is a new key of any use (once a search says the refund does not exist).
+An adapter's "still in progress" answers (Stripe 409 idempotency_key_in_use, PayPal 409, Adyen 704
+transient) stay False on purpose: the first request may still complete.
 
 Messages never contain credentials: they are built from the processor name, the status code
 and the exception *type*, never from request headers or from an auth failure's body (Stripe,
@@ -29,7 +36,7 @@ import base64
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -37,7 +44,6 @@ from typing import Any, TypeVar
 import httpx2
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from refund_mcp.processors.base import Processor
 from refund_mcp.domain.errors import (
     Delivery,
     ProcessorAuthFailed,
@@ -45,7 +51,10 @@ from refund_mcp.domain.errors import (
     ProcessorError,
     ProcessorUnavailable,
     RateLimited,
+    RefundError,
 )
+from refund_mcp.domain.models import ProcessorRefund, ProcessorRefundRequest
+from refund_mcp.processors.base import Processor
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +66,7 @@ DEFAULT_LIMITS = httpx2.Limits(max_connections=20, max_keepalive_connections=10,
 USER_AGENT = "refund-mcp/0.1"
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 RequestIdOf = Callable[[httpx2.Response], "str | None"]
 
 # Raised before a single byte left this process: retrying cannot duplicate anything.
@@ -147,6 +157,7 @@ def common_status_error(
             delivery=Delivery.OUTCOME_UNKNOWN,
             http_status=status,
             request_id=request_id,
+            answered=True,
         )
     if status == 429:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), now=now)
@@ -158,6 +169,7 @@ def common_status_error(
             http_status=status,
             request_id=request_id,
             retry_after=retry_after,
+            answered=True,
         )
     if status in (401, 403):
         # The body is deliberately not quoted: some processors echo part of the credential in it.
@@ -168,6 +180,7 @@ def common_status_error(
             delivery=Delivery.DECLINED,
             http_status=status,
             request_id=request_id,
+            answered=True,
         )
     return None
 
@@ -250,8 +263,11 @@ def unreadable_answer(
             delivery=Delivery.OUTCOME_UNKNOWN,
             http_status=response.status_code,
             request_id=request_id,
+            answered=True,
         )
-    return ProcessorError(message, processor=processor, http_status=response.status_code, request_id=request_id)
+    return ProcessorError(
+        message, processor=processor, http_status=response.status_code, request_id=request_id, answered=True
+    )
 
 
 def parse_answer(
@@ -264,6 +280,47 @@ def parse_answer(
         return model.model_validate(body)
     except ValidationError as exc:
         raise unreadable_answer(processor, response, mutating=mutating, request_id=request_id) from exc
+
+
+# --------------------------------------------------------------------------- refund search
+
+
+async def searching(call: Awaitable[T], *, processor: str) -> T:
+    """One read of a refund search. Whatever stops it (an unknown payment, a refusal) means the
+    search is incomplete, never that the refund does not exist: it becomes a ProcessorCallError."""
+    try:
+        return await call
+    except ProcessorCallError:
+        raise
+    except RefundError as exc:
+        raise ProcessorError(
+            f"{processor} could not be searched for the refund ({exc}); nothing can be concluded from it",
+            processor=processor,
+        ) from exc
+
+
+def truncated_search(processor: str, *, request_id: str | None) -> ProcessorError:
+    return ProcessorError(
+        f"{processor} said more refunds follow but sent an empty page; the search is incomplete",
+        processor=processor,
+        request_id=request_id,
+    )
+
+
+def the_one_found(
+    found: Sequence[ProcessorRefund], request: ProcessorRefundRequest, *, processor: str
+) -> ProcessorRefund | None:
+    """The refund a complete search found for our refund id: None when there is none. Two are a
+    double refund that already happened; that is for an operator, so it is an error, not a pick."""
+    if len(found) > 1:
+        ids = ", ".join(refund.processor_refund_id for refund in found)
+        raise ProcessorError(
+            f"{processor} holds {len(found)} refunds for {request.refund_id} ({ids}); "
+            "an operator must reconcile them before anything else is sent",
+            processor=processor,
+            code="processor_error",
+        )
+    return found[0] if found else None
 
 
 class WireModel(BaseModel):

@@ -8,6 +8,11 @@ Adyen has no API to read a refund or a payment: `get_refund` raises NotSupported
 `lookup_transaction` only knows what the `known_transactions` callback returns (transactions
 recorded from signed AUTHORISATION / CAPTURE webhooks or an import).
 
+No refund search (`find_refund` is the base class's NotSupported): Checkout has no GET for
+refunds, so a refund cannot be found by our `reference`. Adyen keeps an Idempotency-Key for at
+least 31 days (per company account, not across regional endpoints); a refund in doubt for longer
+goes to an operator.
+
 Reasons (Adyen's enum FRAUD, CUSTOMER REQUEST, RETURN, DUPLICATE, OTHER): duplicate → DUPLICATE,
 fraudulent → FRAUD, requested_by_customer and product_not_received → CUSTOMER REQUEST,
 product_defective → RETURN (defective goods are normally sent back), service_issue and
@@ -17,6 +22,7 @@ goodwill → OTHER.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -210,7 +216,16 @@ def _request_id(response: httpx2.Response) -> str | None:
 
 class AdyenProcessor(_http.HttpProcessor):
     name = NAME
-    capabilities = Capabilities(cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True)
+    capabilities = Capabilities(
+        cancel=False,
+        status_api=False,
+        lookup_api=False,
+        partial_refunds=True,
+        webhooks=True,
+        # docs.adyen.com/development-resources/api-idempotency: keys stay valid for at least 31 days.
+        idempotency_key_retention=timedelta(days=31),
+        refund_search=False,
+    )
 
     def __init__(
         self,

@@ -16,6 +16,9 @@ Choices worth knowing:
   refunded; COMPLETED as nothing refunded; PARTIALLY_REFUNDED reports 0, so refund-mcp's own
   records decide the remaining balance and PayPal's REFUND_AMOUNT_EXCEEDED stays the backstop.
 - There is no cancel operation in the spec, so `cancel_refund` is the base class's NotSupported.
+- No refund search (`find_refund` is the base class's NotSupported): Payments v2 cannot list a
+  capture's refunds or find one by `custom_id`. PayPal keeps a PayPal-Request-Id for 45 days, which
+  covers every normal retry; a refund in doubt for longer goes to an operator.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -391,7 +394,16 @@ def _segment(identifier: str) -> str:
 
 class PayPalProcessor(_http.HttpProcessor):
     name = NAME
-    capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
+    capabilities = Capabilities(
+        cancel=False,
+        status_api=True,
+        lookup_api=True,
+        partial_refunds=True,
+        webhooks=True,
+        # developer.paypal.com/reference/guidelines/idempotency: PayPal-Request-Id is kept 45 days.
+        idempotency_key_retention=timedelta(days=45),
+        refund_search=False,
+    )
 
     def __init__(
         self,

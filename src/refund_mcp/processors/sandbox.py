@@ -8,6 +8,11 @@ Scripted outcomes, chosen by the last two digits of the refund amount in minor u
     ..77  the refund needs action (requires_action) and can be cancelled
     ..99  the first attempt cannot reach the processor; the retry succeeds (shows `queued`)
     else  succeeded at once
+
+Idempotency and search, honestly: the sandbox keeps every key and every refund in this process's
+memory, for as long as the process lives, and forgets both together when it stops. No retention
+can be promised (None), but while it runs `find_refund` answers authoritatively from the same
+memory that holds the refunds.
 """
 
 from __future__ import annotations
@@ -66,7 +71,15 @@ def demo_transaction_ids() -> list[str]:
 
 class SandboxProcessor(Processor):
     name = "sandbox"
-    capabilities = Capabilities(cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=False)
+    capabilities = Capabilities(
+        cancel=True,
+        status_api=True,
+        lookup_api=True,
+        partial_refunds=True,
+        webhooks=False,
+        idempotency_key_retention=None,
+        refund_search=True,
+    )
 
     def __init__(self, now: datetime | None = None) -> None:
         start = now or datetime.now(UTC)
@@ -75,6 +88,7 @@ class SandboxProcessor(Processor):
         self._refunded = {p.transaction_id: p.refunded_minor for p in DEMO_PAYMENTS}
         self._by_key: dict[str, tuple[ProcessorRefundRequest, ProcessorRefund]] = {}
         self._by_id: dict[str, ProcessorRefund] = {}
+        self._by_our_id: dict[str, str] = {}  # our refund id -> the sandbox refund id
         self._unreachable_once: set[str] = set()
 
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
@@ -144,7 +158,12 @@ class SandboxProcessor(Processor):
             self._refunded[request.transaction_id] += request.amount_minor
         self._by_key[request.idempotency_key] = (request, refund)
         self._by_id[refund.processor_refund_id] = refund
+        self._by_our_id[request.refund_id] = refund.processor_refund_id
         return refund
+
+    async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
+        processor_refund_id = self._by_our_id.get(request.refund_id)
+        return self._by_id[processor_refund_id] if processor_refund_id is not None else None
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         refund = self._by_id.get(processor_refund_id)

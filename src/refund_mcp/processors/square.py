@@ -4,6 +4,13 @@ Wire: `POST /v2/refunds` (JSON; the idempotency key is the body's `idempotency_k
 characters), `GET /v2/refunds/{id}`, `GET /v2/payments/{id}`; `Authorization: Bearer` plus a
 pinned `Square-Version`. Errors are `{"errors": [{category, code, detail, field}]}`.
 
+Our refund id travels in the refund's `reason`, as a trailing "(rf_…)". Square's PaymentRefund
+has no metadata and does not return the idempotency key, and Square does not publish how long it
+keeps keys; `reason` is the one free-text field it stores on the refund and returns on every read.
+With the id there, `find_refund` can tell authoritatively whether a refund of ours exists: it
+reads the payment's `refund_ids`, then each refund, and matches the id. The descriptive text is
+cut first so the id always fits Square's 192 characters.
+
 Square has no cancel call for a PaymentRefund (only Terminal refunds), so `cancel_refund` is the
 base class's NotSupported. Square documents no request-id header; `x-request-id` is used when a
 proxy or Square sends one, otherwise the request id is None.
@@ -95,6 +102,7 @@ class SquareRefundList(_Wire):
 class SquarePayment(_Wire):
     id: str
     status: str | None = None
+    refund_ids: list[str] = []  # Square omits an empty list
     amount_money: SquareMoney | None = None
     total_money: SquareMoney | None = None
     refunded_money: SquareMoney | None = None
@@ -161,11 +169,17 @@ def refund_status(square_status: str | None) -> RefundStatus:
     return _STATUS.get((square_status or "").upper(), RefundStatus.PENDING)
 
 
-def refund_reason_text(reason: RefundReason, note: str | None) -> str:
+def refund_reason_text(reason: RefundReason, note: str | None, refund_id: str) -> str:
+    """`Reason: note (rf_…)`, cut to Square's limit before the id, which must survive whole."""
+    tag = f" ({refund_id})"
     text = _REASON_TEXT[reason]
     if note and note.strip():
         text = f"{text}: {' '.join(note.split())}"
-    return text[:REASON_MAX]
+    return text[: REASON_MAX - len(tag)] + tag
+
+
+def is_ours(refund: SquarePaymentRefund, refund_id: str) -> bool:
+    return (refund.reason or "").endswith(f"({refund_id})")
 
 
 def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest:
@@ -176,7 +190,7 @@ def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest
         idempotency_key=request.idempotency_key,
         payment_id=request.transaction_id,
         amount_money=SquareMoney(amount=request.amount_minor, currency=request.currency),
-        reason=refund_reason_text(request.reason, request.note),
+        reason=refund_reason_text(request.reason, request.note, request.refund_id),
     )
 
 
@@ -269,7 +283,15 @@ def _segment(identifier: str) -> str:
 
 class SquareProcessor(_http.HttpProcessor):
     name = NAME
-    capabilities = Capabilities(cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
+    capabilities = Capabilities(
+        cancel=False,
+        status_api=True,
+        lookup_api=True,
+        partial_refunds=True,
+        webhooks=True,
+        idempotency_key_retention=None,  # not published (Square developer forum, thread 28309)
+        refund_search=True,
+    )
 
     def __init__(
         self,
@@ -340,6 +362,22 @@ class SquareProcessor(_http.HttpProcessor):
             "GET", f"/v2/refunds/{_segment(processor_refund_id)}", SquareRefundResponse, flow="get"
         )
         return refund_from_wire(answer.refund, request_id=request_id)
+
+    async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
+        """The payment's `refund_ids`, each refund read, matched by the id in its `reason`."""
+        answer, _ = await _http.searching(
+            self._call("GET", f"/v2/payments/{_segment(request.transaction_id)}", SquarePaymentResponse, flow="lookup"),
+            processor=NAME,
+        )
+        found: list[ProcessorRefund] = []
+        for refund_id in answer.payment.refund_ids:
+            refund, request_id = await _http.searching(
+                self._call("GET", f"/v2/refunds/{_segment(refund_id)}", SquareRefundResponse, flow="get"),
+                processor=NAME,
+            )
+            if is_ours(refund.refund, request.refund_id):
+                found.append(refund_from_wire(refund.refund, request_id=request_id))
+        return _http.the_one_found(found, request, processor=NAME)
 
     async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
         """`GET /v2/refunds?begin_time=…` (on `created_at`), oldest first, page by page with `cursor`."""

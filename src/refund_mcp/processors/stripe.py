@@ -7,6 +7,15 @@ Bearer`, `Idempotency-Key` on every POST, the request id in the `Request-Id` res
 The module is in two halves: wire structs and pure mapping functions (no I/O, unit-tested on
 their own), then `StripeProcessor`, which only sends requests and applies those functions.
 
+One payment, one id: a payment intent and the charge that holds its money are the same payment.
+`lookup_transaction` answers with the charge id as the canonical `transaction_id` (for a payment
+intent, its `latest_charge`) and lists the other names (the payment intent, the asked id) in
+`aliases`, so balances, limits and duplicate checks count one payment however it was named.
+
+Finding a refund again (`find_refund`): every refund carries `metadata[refund_mcp_id]`, so the
+charge's (or payment intent's) refunds are listed, all pages, and matched by our refund id. Stripe
+prunes idempotency keys once they are 24 hours old, which is why this search exists.
+
 Reasons: Stripe accepts only `duplicate`, `fraudulent` and `requested_by_customer`. Our other
 reasons (product_not_received, product_defective, service_issue, goodwill) are all refunds the
 customer asked for or the merchant chose to make for the customer, so they are sent as
@@ -19,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -52,6 +61,9 @@ REQUEST_ID_HEADER = "Request-Id"
 
 Flow = Literal["lookup", "create", "get", "cancel", "list"]
 LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
+# docs.stripe.com/api/idempotent_requests: "keys are eligible to be removed ... after they're at least 24 hours old".
+KEY_RETENTION = timedelta(hours=24)
+OUR_ID_KEY = "refund_mcp_id"  # the metadata key that names our refund on Stripe's
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -211,7 +223,7 @@ def build_refund_request(request: ProcessorRefundRequest) -> StripeRefundCreateR
     """Raises TransactionNotFound when the transaction id cannot be a Stripe payment."""
     kind = object_kind(request.transaction_id)
     metadata = dict(request.metadata)
-    metadata["refund_mcp_id"] = request.refund_id
+    metadata[OUR_ID_KEY] = request.refund_id
     metadata["refund_mcp_reason"] = request.reason.value
     if request.note:
         metadata["note"] = request.note[:500]  # Stripe caps metadata values at 500 characters
@@ -237,45 +249,55 @@ def refund_from_wire(refund: StripeRefundResponse, *, request_id: str | None) ->
         processor_status=refund.status or "unknown",
         request_id=request_id,
         failure_reason=refund.failure_reason,
-        transaction_id=refund.payment_intent or refund.charge,
+        transaction_id=refund.charge or refund.payment_intent,  # the charge is the canonical id
         created_at=_timestamp(refund.created),
     )
 
 
-def _customer_id(customer: str | dict[str, Any] | None) -> str | None:
-    if isinstance(customer, dict):
-        value = customer.get("id")
-        return value if isinstance(value, str) else None
-    return customer
+def _object_id(value: str | dict[str, Any] | None) -> str | None:
+    """An expandable field's id, whether Stripe sent the id or the expanded object."""
+    if isinstance(value, dict):
+        found = value.get("id")
+        return found if isinstance(found, str) else None
+    return value
 
 
-def transaction_from_charge(charge: StripeChargeResponse, *, transaction_id: str | None = None) -> TransactionInfo:
+def _aliases(canonical: str, *names: str | None) -> tuple[str, ...]:
+    """The other ids of one payment, each once, never the canonical one."""
+    return tuple(dict.fromkeys(name for name in names if name and name != canonical))
+
+
+def transaction_from_charge(charge: StripeChargeResponse, *, asked_id: str | None = None) -> TransactionInfo:
+    """The charge is the canonical id; its payment intent (and the id asked with) are aliases."""
     email = charge.billing_details.email if charge.billing_details else None
     return TransactionInfo(
         processor=NAME,
-        transaction_id=transaction_id or charge.id,
+        transaction_id=charge.id,
         amount_minor=charge.amount,
         currency=charge.currency.upper(),
         captured_minor=charge.amount_captured if charge.captured else 0,
         refunded_minor=charge.amount_refunded,
         status=charge.status.lower(),
         created_at=_timestamp(charge.created),
-        customer_ref=email or charge.receipt_email or _customer_id(charge.customer),
+        customer_ref=email or charge.receipt_email or _object_id(charge.customer),
         description=charge.description,
         # A fully refunded charge stays "refundable": the service then answers already_refunded.
         refundable=charge.status == "succeeded" and charge.captured and not charge.disputed,
+        aliases=_aliases(charge.id, _object_id(charge.payment_intent), asked_id),
     )
 
 
 def transaction_from_payment_intent(intent: StripePaymentIntentResponse) -> TransactionInfo:
-    """Needs `latest_charge` expanded for the captured and refunded amounts."""
+    """Needs `latest_charge` expanded: the charge that holds the money is the canonical id, and its
+    captured and refunded amounts are the payment's. Without a charge nothing was paid, and the
+    payment intent is the only name the payment has."""
     charge = intent.latest_charge if isinstance(intent.latest_charge, StripeChargeResponse) else None
     if charge is not None:
-        from_charge = transaction_from_charge(charge, transaction_id=intent.id)
+        from_charge = transaction_from_charge(charge, asked_id=intent.id)
         charge_email = charge.billing_details.email if charge.billing_details else None
         return TransactionInfo(
             processor=NAME,
-            transaction_id=intent.id,
+            transaction_id=charge.id,
             amount_minor=intent.amount,
             currency=intent.currency.upper(),
             captured_minor=from_charge.captured_minor,
@@ -285,10 +307,11 @@ def transaction_from_payment_intent(intent: StripePaymentIntentResponse) -> Tran
             customer_ref=charge_email
             or intent.receipt_email
             or charge.receipt_email
-            or _customer_id(intent.customer)
-            or _customer_id(charge.customer),
+            or _object_id(intent.customer)
+            or _object_id(charge.customer),
             description=intent.description or charge.description,
             refundable=intent.status == "succeeded" and from_charge.refundable,
+            aliases=_aliases(charge.id, intent.id, *from_charge.aliases),
         )
     return TransactionInfo(
         processor=NAME,
@@ -299,10 +322,21 @@ def transaction_from_payment_intent(intent: StripePaymentIntentResponse) -> Tran
         refunded_minor=0,
         status=intent.status.lower(),
         created_at=_timestamp(intent.created),
-        customer_ref=intent.receipt_email or _customer_id(intent.customer),
+        customer_ref=intent.receipt_email or _object_id(intent.customer),
         description=intent.description,
         refundable=False,  # no charge yet: nothing was paid, nothing can be refunded
     )
+
+
+def refund_list_params(transaction_id: str) -> dict[str, str]:
+    """`GET /v1/refunds` filtered to one payment's refunds: by charge, or by payment intent."""
+    kind = object_kind(transaction_id)
+    field_name = "charge" if kind is StripeObjectKind.CHARGE else "payment_intent"
+    return {field_name: transaction_id, "limit": str(LIST_PAGE_SIZE)}
+
+
+def is_ours(refund: StripeRefundResponse, refund_id: str) -> bool:
+    return refund.metadata.get(OUR_ID_KEY) == refund_id
 
 
 def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str | None) -> RefundError:
@@ -371,7 +405,15 @@ def _segment(identifier: str) -> str:
 
 class StripeProcessor(_http.HttpProcessor):
     name = NAME
-    capabilities = Capabilities(cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True)
+    capabilities = Capabilities(
+        cancel=True,
+        status_api=True,
+        lookup_api=True,
+        partial_refunds=True,
+        webhooks=True,
+        idempotency_key_retention=KEY_RETENTION,
+        refund_search=True,
+    )
 
     def __init__(
         self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
@@ -417,7 +459,7 @@ class StripeProcessor(_http.HttpProcessor):
             charge, _ = await self._call(
                 "GET", f"/v1/charges/{_segment(transaction_id)}", StripeChargeResponse, flow="lookup"
             )
-            return transaction_from_charge(charge)
+            return transaction_from_charge(charge, asked_id=transaction_id)
         intent, _ = await self._call(
             "GET",
             f"/v1/payment_intents/{_segment(transaction_id)}",
@@ -444,6 +486,21 @@ class StripeProcessor(_http.HttpProcessor):
             "GET", f"/v1/refunds/{_segment(processor_refund_id)}", StripeRefundResponse, flow="get"
         )
         return refund_from_wire(refund, request_id=request_id)
+
+    async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
+        """Every refund of the payment, page by page, matched by `metadata[refund_mcp_id]`."""
+        params = refund_list_params(request.transaction_id)
+        found: list[ProcessorRefund] = []
+        while True:
+            page, request_id = await _http.searching(
+                self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params), processor=NAME
+            )
+            found += [refund_from_wire(r, request_id=request_id) for r in page.data if is_ours(r, request.refund_id)]
+            if not page.has_more:
+                return _http.the_one_found(found, request, processor=NAME)
+            if not page.data:
+                raise _http.truncated_search(NAME, request_id=request_id)
+            params = {**params, "starting_after": page.data[-1].id}
 
     async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
         """`GET /v1/refunds?created[gte]=…`, page by page with `starting_after` (the last id seen)."""
