@@ -75,15 +75,26 @@ _DESCRIPTIONS = {
 }
 
 
+# developer.paypal.com currency codes: "This currency does not support decimals."
+NO_DECIMALS = frozenset({"HUF", "JPY", "TWD"})
+
+
 def money(amount_minor: int, currency: str) -> dict[str, str]:
+    """A Money object as PayPal writes it: the value in major units, no decimals for HUF, JPY, TWD.
+    `amount_minor` is in refund-mcp's (Babel's) units, as every fake's seeds are."""
     exponent = int(get_currency_precision(currency))
     value = Decimal(amount_minor).scaleb(-exponent)
-    return {"currency_code": currency, "value": f"{value:.{exponent}f}"}
+    places = 0 if currency in NO_DECIMALS else exponent
+    if currency in NO_DECIMALS and value != value.to_integral_value():
+        raise ValueError(f"PayPal cannot hold {currency} {value}: the currency takes no decimals")
+    return {"currency_code": currency, "value": f"{value:.{places}f}"}
 
 
 def parse_money(value: str, currency: str) -> int | None:
-    """Minor units, or None when `value` has more decimals than the currency allows."""
+    """Minor units, or None when `value` has decimals PayPal refuses for the currency (DECIMAL_PRECISION)."""
     exponent = int(get_currency_precision(currency))
+    if currency in NO_DECIMALS and "." in value:
+        return None
     try:
         scaled = Decimal(value).scaleb(exponent)
     except InvalidOperation:

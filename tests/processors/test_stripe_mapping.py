@@ -132,7 +132,14 @@ def test_a_refused_refund_keeps_stripes_code_and_message_for_the_audit_trail() -
 
 
 def test_an_uncaptured_or_disputed_charge_is_not_refundable_but_a_fully_refunded_one_is() -> None:
-    base = {"id": "ch_1", "amount": 500, "currency": "usd", "status": "succeeded", "created": 1_700_000_000}
+    base = {
+        "id": "ch_1",
+        "amount": 500,
+        "amount_refunded": 0,
+        "currency": "usd",
+        "status": "succeeded",
+        "created": 1_700_000_000,
+    }
     uncaptured = stripe.StripeChargeResponse.model_validate({**base, "captured": False, "amount_captured": 0})
     disputed = stripe.StripeChargeResponse.model_validate(
         {**base, "captured": True, "amount_captured": 500, "disputed": True}
@@ -150,7 +157,14 @@ def test_an_uncaptured_or_disputed_charge_is_not_refundable_but_a_fully_refunded
 
 def test_a_payment_intent_without_a_charge_is_not_refundable() -> None:
     intent = stripe.StripePaymentIntentResponse.model_validate(
-        {"id": "pi_1", "amount": 900, "currency": "eur", "status": "requires_payment_method", "latest_charge": None}
+        {
+            "id": "pi_1",
+            "amount": 900,
+            "amount_received": 0,
+            "currency": "eur",
+            "status": "requires_payment_method",
+            "latest_charge": None,
+        }
     )
     info = stripe.transaction_from_payment_intent(intent)
     assert (info.refundable, info.captured_minor, info.currency) == (False, 0, "EUR")

@@ -36,7 +36,7 @@ import base64
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from refund_mcp.domain.errors import (
     RefundError,
 )
 from refund_mcp.domain.models import ProcessorRefund, ProcessorRefundRequest
+from refund_mcp.processors._amounts import AmountScale, IncompleteAnswer
 from refund_mcp.processors.base import Processor
 
 logger = logging.getLogger(__name__)
@@ -270,6 +271,31 @@ def unreadable_answer(
     )
 
 
+@contextlib.contextmanager
+def reading_answer(processor: str, *, mutating: bool, request_id: str | None = None) -> Iterator[None]:
+    """Map a processor's answer to ours inside this block: an answer that lacks a money field (or
+    carries an amount refund-mcp cannot hold) is an error, never 0. After a create the processor
+    probably acted, so the outcome is unknown and the refund stays reserved."""
+    try:
+        yield
+    except IncompleteAnswer as exc:
+        if mutating:
+            raise ProcessorUnavailable(
+                f"{processor} answered, but its answer is incomplete ({exc}); the request was probably acted on, "
+                "retry only with the same idempotency key",
+                processor=processor,
+                delivery=Delivery.OUTCOME_UNKNOWN,
+                request_id=request_id,
+                answered=True,
+            ) from exc
+        raise ProcessorError(
+            f"{processor}'s answer is incomplete ({exc}); refund-mcp never takes a missing amount as 0",
+            processor=processor,
+            request_id=request_id,
+            answered=True,
+        ) from exc
+
+
 def parse_answer(
     model: type[M], body: Any, *, processor: str, response: httpx2.Response, mutating: bool, request_id: str | None
 ) -> M:
@@ -332,10 +358,15 @@ class WireModel(BaseModel):
 class HttpProcessor(Processor):
     """A processor reached over HTTP. It owns its client unless one is injected (tests, a shared pool)."""
 
+    amounts: AmountScale
+
     def __init__(self, api_base: str, http: httpx2.AsyncClient | None) -> None:
         self._base = api_base.rstrip("/")
         self._owns_http = http is None
         self._http = http if http is not None else build_client()
+
+    def check_amount(self, amount_minor: int, currency: str) -> None:
+        self.amounts.to_wire(amount_minor, currency)
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -13,6 +13,14 @@ refunds, so a refund cannot be found by our `reference`. Adyen keeps an Idempote
 least 31 days (per company account, not across regional endpoints); a refund in doubt for longer
 goes to an operator.
 
+Amounts (docs.adyen.com/development-resources/currency-codes): `value` in Adyen's minor units,
+which differ from ours for some currencies. None: CVE DJF GNF IDR JPY KMF KRW PYG RWF UGX VND VUV
+XAF XOF XPF. Three: BHD IQD JOD KWD LYD OMR TND. Two, against ISO 4217 or Babel: CLP, ISK, HUF.
+Adyen says most other currencies have two; that is trusted only where ISO 4217 says two as well,
+and any other currency is refused rather than sent at a guessed scale. In our units: USD 12.34 ->
+1234, JPY 1234 -> 1234, KWD 1.234 -> 1234, HUF 1234 -> 123400, ISK 1234 -> 123400, TWD 12.34 ->
+1234, UGX 1234 -> 1234, CLP 1234 -> 123400.
+
 Reasons (Adyen's enum FRAUD, CUSTOMER REQUEST, RETURN, DUPLICATE, OTHER): duplicate → DUPLICATE,
 fraudulent → FRAUD, requested_by_customer and product_not_received → CUSTOMER REQUEST,
 product_defective → RETURN (defective goods are normally sent back), service_issue and
@@ -46,11 +54,25 @@ from refund_mcp.domain.models import (
     TransactionInfo,
 )
 from refund_mcp.processors import _http
+from refund_mcp.processors._amounts import AmountScale, Default
 
 NAME = "adyen"
 DEFAULT_API_BASE = "https://checkout-test.adyen.com/v71"
 IDEMPOTENCY_KEY_MAX = 64  # docs.adyen.com/development-resources/api-idempotency
 REFERENCE_MAX = 80
+
+_ZERO_DECIMAL = ("CVE", "DJF", "GNF", "IDR", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF")
+_THREE_DECIMAL = ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")
+AMOUNTS = AmountScale(
+    processor=NAME,
+    decimals={
+        **dict.fromkeys(_ZERO_DECIMAL, 0),
+        **dict.fromkeys(_THREE_DECIMAL, 3),
+        **dict.fromkeys(("CLP", "ISK", "HUF"), 2),
+    },
+    default=Default.TWO_IF_ISO_AGREES,
+    source="docs.adyen.com currency codes",
+)
 
 KnownTransactions = Callable[[str], Awaitable[TransactionInfo | None]]
 
@@ -131,19 +153,21 @@ def build_refund_request(request: ProcessorRefundRequest, *, merchant_account: s
         raise ValueError(f"Adyen idempotency keys are at most {IDEMPOTENCY_KEY_MAX} characters")
     return AdyenRefundRequest(
         merchantAccount=merchant_account,
-        amount=AdyenAmount(currency=request.currency, value=request.amount_minor),
+        amount=AdyenAmount(currency=request.currency, value=AMOUNTS.to_wire(request.amount_minor, request.currency)),
         reference=request.refund_id[:REFERENCE_MAX],
         merchantRefundReason=adyen_reason(request.reason),
     )
 
 
 def refund_from_wire(refund: AdyenRefundResponse) -> ProcessorRefund:
+    """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
     # "received" only means Adyen will process it: never report success before the webhook says so.
+    currency = refund.amount.currency.upper()
     return ProcessorRefund(
         processor_refund_id=refund.pspReference,
         status=RefundStatus.PENDING,
-        amount_minor=refund.amount.value,
-        currency=refund.amount.currency.upper(),
+        amount_minor=AMOUNTS.from_wire(refund.amount.value, currency, what="refund amount"),
+        currency=currency,
         processor_status=refund.status,
         request_id=refund.pspReference,
         transaction_id=refund.paymentPspReference,
@@ -216,6 +240,7 @@ def _request_id(response: httpx2.Response) -> str | None:
 
 class AdyenProcessor(_http.HttpProcessor):
     name = NAME
+    amounts = AMOUNTS
     capabilities = Capabilities(
         cancel=False,
         status_api=False,
@@ -271,7 +296,8 @@ class AdyenProcessor(_http.HttpProcessor):
         refund = _http.parse_answer(
             AdyenRefundResponse, body, processor=NAME, response=response, mutating=True, request_id=None
         )
-        return refund_from_wire(refund)
+        with _http.reading_answer(NAME, mutating=True, request_id=refund.pspReference):
+            return refund_from_wire(refund)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         raise NotSupported("Adyen has no refund status API; outcomes arrive by webhook")

@@ -40,6 +40,11 @@ class Processor(abc.ABC):
 
         raise NotSupported(f"{self.name} cannot be searched for a refund")
 
+    def check_amount(self, amount_minor: int, currency: str) -> None:
+        """Raise ValidationFailed when this processor cannot take the amount exactly in its own decimals
+        (e.g. Stripe KWD not in whole hundredths, PayPal TWD with cents). Callable before anything is
+        reserved; create_refund checks the same again before sending."""
+
     async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
         """Cancel a refund the processor accepted. Raises NotSupported where the processor has no such call."""
         from refund_mcp.domain.errors import NotSupported

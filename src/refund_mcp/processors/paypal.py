@@ -3,7 +3,11 @@
 Wire: OAuth2 client-credentials token from `POST /v1/oauth2/token`; `POST
 /v2/payments/captures/{id}/refund` (JSON, `PayPal-Request-Id` = idempotency key, `Prefer:
 return=representation`), `GET /v2/payments/refunds/{id}`, `GET /v2/payments/captures/{id}`.
-Amounts are decimal strings ("10.00", "1500", "1.250") in the currency's exponent. The request
+Amounts are decimal strings in PayPal's decimals for the currency (developer.paypal.com currency
+codes): none for HUF, JPY and TWD (a decimal there is PayPal's DECIMAL_PRECISION error), ISO 4217
+minor units for every other currency (Money: "a decimal fraction for currencies like TND").
+In our units: USD 12.34 -> "12.34", JPY 1234 -> "1234", KWD 1.234 -> "1.234", HUF 1234 -> "1234",
+ISK 1234 -> "1234", TWD 12.00 -> "12" (12.34 refused), UGX 1234 -> "1234", CLP 1234 -> "1234". The request
 id is the `Paypal-Debug-Id` header (or the error body's `debug_id`).
 
 Choices worth knowing:
@@ -44,7 +48,6 @@ from refund_mcp.domain.errors import (
     RefundError,
     RefundNotFound,
     TransactionNotFound,
-    ValidationFailed,
 )
 from refund_mcp.domain.models import (
     Capabilities,
@@ -54,8 +57,8 @@ from refund_mcp.domain.models import (
     RefundStatus,
     TransactionInfo,
 )
-from refund_mcp.domain.money import from_decimal_string, to_decimal_string
 from refund_mcp.processors import _http
+from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 from refund_mcp.processors._http import M
 
 NAME = "paypal"
@@ -68,6 +71,12 @@ NOTE_TO_PAYER_MAX = 255
 VERIFY_WEBHOOK_PATH = "/v1/notifications/verify-webhook-signature"
 
 Flow = Literal["lookup", "create", "get", "verify"]
+AMOUNTS = AmountScale(
+    processor=NAME,
+    decimals={"HUF": 0, "JPY": 0, "TWD": 0},
+    default=Default.ISO,
+    source="developer.paypal.com currency codes",
+)
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -78,7 +87,7 @@ _Wire = _http.WireModel
 
 class PayPalMoney(_Wire):
     currency_code: str
-    value: str
+    value: str | None = None  # required by PayPal; absent is an incomplete answer, never 0
 
 
 class PayPalRefundRequest(_Wire):
@@ -134,7 +143,7 @@ class PayPalCaptureResponse(_Wire):
 
     id: str
     status: str
-    amount: PayPalMoney
+    amount: PayPalMoney | None = None
     invoice_id: str | None = None
     custom_id: str | None = None
     final_capture: bool | None = None
@@ -213,7 +222,7 @@ def note_to_payer(reason: RefundReason, note: str | None) -> str:
 def build_refund_request(request: ProcessorRefundRequest) -> PayPalRefundRequest:
     return PayPalRefundRequest(
         amount=PayPalMoney(
-            currency_code=request.currency, value=to_decimal_string(request.amount_minor, request.currency)
+            currency_code=request.currency, value=AMOUNTS.to_decimal(request.amount_minor, request.currency)
         ),
         custom_id=request.refund_id,
         note_to_payer=note_to_payer(request.reason, request.note),
@@ -243,14 +252,14 @@ def _capture_id_from_links(links: list[PayPalLink]) -> str | None:
 
 
 def refund_from_wire(refund: PayPalRefundResponse, *, request_id: str | None) -> ProcessorRefund:
-    """Raises ValidationFailed when the amount is not a valid decimal for its currency."""
+    """Raises IncompleteAnswer when the amount is missing or not exact in its currency."""
     if refund.amount is None:
-        raise ValidationFailed("paypal refund carries no amount", fields=["amount"])
+        raise IncompleteAnswer("paypal's refund has no amount")
     currency = refund.amount.currency_code.upper()
     return ProcessorRefund(
         processor_refund_id=refund.id,
         status=refund_status(refund.status),
-        amount_minor=from_decimal_string(refund.amount.value, currency),
+        amount_minor=AMOUNTS.from_decimal(refund.amount.value, currency, what="refund amount"),
         currency=currency,
         processor_status=refund.status or "unknown",
         request_id=request_id,
@@ -281,9 +290,11 @@ def replay_mismatch(
 
 
 def transaction_from_capture(capture: PayPalCaptureResponse) -> TransactionInfo:
-    """Raises ValidationFailed when the amount is not a valid decimal for its currency."""
+    """Raises IncompleteAnswer when the amount is missing or not exact in its currency."""
+    if capture.amount is None:
+        raise IncompleteAnswer("paypal's capture has no amount")
     currency = capture.amount.currency_code.upper()
-    amount = from_decimal_string(capture.amount.value, currency)
+    amount = AMOUNTS.from_decimal(capture.amount.value, currency, what="capture amount")
     status = capture.status.upper()
     captured = amount if status in _CAPTURED else 0
     return TransactionInfo(
@@ -394,6 +405,7 @@ def _segment(identifier: str) -> str:
 
 class PayPalProcessor(_http.HttpProcessor):
     name = NAME
+    amounts = AMOUNTS
     capabilities = Capabilities(
         cancel=False,
         status_api=True,
@@ -536,14 +548,8 @@ class PayPalProcessor(_http.HttpProcessor):
         capture, request_id = await self._call(
             "GET", f"/v2/payments/captures/{_segment(transaction_id)}", PayPalCaptureResponse, flow="lookup"
         )
-        try:
+        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
             return transaction_from_capture(capture)
-        except ValidationFailed as exc:
-            raise ProcessorError(
-                f"paypal returned an amount refund-mcp could not read ({exc.message})",
-                processor=NAME,
-                request_id=request_id,
-            ) from exc
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
@@ -555,16 +561,8 @@ class PayPalProcessor(_http.HttpProcessor):
             json=wire.to_json(),
             headers={"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"},
         )
-        try:
+        with _http.reading_answer(NAME, mutating=True, request_id=request_id):
             answer = refund_from_wire(refund, request_id=request_id)
-        except ValidationFailed as exc:
-            raise ProcessorUnavailable(
-                f"paypal accepted the refund but its amount could not be read ({exc.message}); "
-                "retry only with the same PayPal-Request-Id",
-                processor=NAME,
-                delivery=Delivery.OUTCOME_UNKNOWN,
-                request_id=request_id,
-            ) from exc
         if (mismatch := replay_mismatch(request, refund, answer)) is not None:
             raise mismatch
         return answer
@@ -573,14 +571,8 @@ class PayPalProcessor(_http.HttpProcessor):
         refund, request_id = await self._call(
             "GET", f"/v2/payments/refunds/{_segment(processor_refund_id)}", PayPalRefundResponse, flow="get"
         )
-        try:
+        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
             return refund_from_wire(refund, request_id=request_id)
-        except ValidationFailed as exc:
-            raise ProcessorError(
-                f"paypal returned an amount refund-mcp could not read ({exc.message})",
-                processor=NAME,
-                request_id=request_id,
-            ) from exc
 
     async def verify_webhook_signature(
         self,

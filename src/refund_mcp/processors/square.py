@@ -11,6 +11,14 @@ With the id there, `find_refund` can tell authoritatively whether a refund of ou
 reads the payment's `refund_ids`, then each refund, and matches the id. The descriptive text is
 cut first so the id always fits Square's 192 characters.
 
+Amounts: `amount` in the currency's smallest denomination per ISO 4217, which is not always ours
+(Babel's): HUF has two decimals in ISO and none in Babel. In our units: USD 12.34 -> 1234,
+JPY 1234 -> 1234, KWD 1.234 -> 1234, HUF 1234 -> 123400, ISK 1234 -> 1234, TWD 12.34 -> 1234,
+UGX 1234 -> 1234, CLP 1234 -> 1234. Money objects are never defaulted: a payment's total is
+`total_money`, or `amount_money` plus `tip_money` (Square's definition of the total); what was
+refunded is `refunded_money`, which Square leaves out until a refund completes, so when it is
+absent while the payment lists refunds, those refunds are read and the completed ones counted.
+
 Square has no cancel call for a PaymentRefund (only Terminal refunds), so `cancel_refund` is the
 base class's NotSupported. Square documents no request-id header; `x-request-id` is used when a
 proxy or Square sends one, otherwise the request id is None.
@@ -41,6 +49,7 @@ from refund_mcp.domain.models import (
     TransactionInfo,
 )
 from refund_mcp.processors import _http
+from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 from refund_mcp.processors._http import M
 
 NAME = "square"
@@ -51,6 +60,7 @@ REASON_MAX = 192
 REQUEST_ID_HEADER = "x-request-id"
 
 Flow = Literal["lookup", "create", "get", "list"]
+AMOUNTS = AmountScale(processor=NAME, decimals={}, default=Default.ISO, source="Square's Money: ISO 4217 minor units")
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -104,6 +114,7 @@ class SquarePayment(_Wire):
     status: str | None = None
     refund_ids: list[str] = []  # Square omits an empty list
     amount_money: SquareMoney | None = None
+    tip_money: SquareMoney | None = None
     total_money: SquareMoney | None = None
     refunded_money: SquareMoney | None = None
     created_at: str | None = None
@@ -189,7 +200,7 @@ def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest
     return SquareRefundRequest(
         idempotency_key=request.idempotency_key,
         payment_id=request.transaction_id,
-        amount_money=SquareMoney(amount=request.amount_minor, currency=request.currency),
+        amount_money=SquareMoney(amount=AMOUNTS.to_wire(request.amount_minor, request.currency), currency=request.currency),
         reason=refund_reason_text(request.reason, request.note, request.refund_id),
     )
 
@@ -205,11 +216,13 @@ def _time(value: str | None) -> datetime | None:
 
 
 def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> ProcessorRefund:
+    """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
+    currency = refund.amount_money.currency.upper()
     return ProcessorRefund(
         processor_refund_id=refund.id,
         status=refund_status(refund.status),
-        amount_minor=refund.amount_money.amount,
-        currency=refund.amount_money.currency.upper(),
+        amount_minor=AMOUNTS.from_wire(refund.amount_money.amount, currency, what="refund amount_money"),
+        currency=currency,
         processor_status=refund.status or "unknown",
         request_id=request_id,
         failure_reason=refund.status if refund.status in ("REJECTED", "FAILED") else None,
@@ -218,19 +231,39 @@ def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> 
     )
 
 
-def transaction_from_payment(payment: SquarePayment) -> TransactionInfo:
-    total = payment.total_money or payment.amount_money
-    if total is None:
-        raise ValueError("square payment carries no amount")
+def total_wire_amount(payment: SquarePayment) -> SquareMoney:
+    """`total_money`, or Square's definition of it: `amount_money` plus `tip_money`."""
+    if payment.total_money is not None:
+        return payment.total_money
+    if payment.amount_money is None:
+        raise IncompleteAnswer("square's payment has neither total_money nor amount_money")
+    tip = payment.tip_money.amount if payment.tip_money is not None else 0
+    return SquareMoney(amount=payment.amount_money.amount + tip, currency=payment.amount_money.currency)
+
+
+def transaction_from_payment(payment: SquarePayment, *, completed_refunds: int | None = None) -> TransactionInfo:
+    """`completed_refunds` (Square's units) is the sum of the payment's COMPLETED refunds, needed only
+    when `refunded_money` is absent although the payment lists refunds. Raises IncompleteAnswer."""
+    total = total_wire_amount(payment)
+    currency = total.currency.upper()
+    if payment.refunded_money is not None:
+        refunded_wire = payment.refunded_money.amount
+    elif not payment.refund_ids:
+        refunded_wire = 0  # no refund of this payment exists at all
+    elif completed_refunds is not None:
+        refunded_wire = completed_refunds
+    else:
+        raise IncompleteAnswer("square's payment lists refunds but no refunded_money")
     status = (payment.status or "unknown").upper()
     refundable = status in _REFUNDABLE
+    amount = AMOUNTS.from_wire(total.amount, currency, what="total_money")
     return TransactionInfo(
         processor=NAME,
         transaction_id=payment.id,
-        amount_minor=total.amount,
-        currency=total.currency.upper(),
-        captured_minor=total.amount if refundable else 0,
-        refunded_minor=payment.refunded_money.amount if payment.refunded_money else 0,
+        amount_minor=amount,
+        currency=currency,
+        captured_minor=amount if refundable else 0,
+        refunded_minor=AMOUNTS.from_wire(refunded_wire, currency, what="refunded_money"),
         status=status.lower(),
         created_at=_time(payment.created_at),
         customer_ref=payment.buyer_email_address or payment.customer_id,
@@ -270,6 +303,11 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     )
 
 
+def _refund_answer(refund: SquarePaymentRefund, request_id: str | None, *, mutating: bool = False) -> ProcessorRefund:
+    with _http.reading_answer(NAME, mutating=mutating, request_id=request_id):
+        return refund_from_wire(refund, request_id=request_id)
+
+
 def _request_id(response: httpx2.Response) -> str | None:
     return response.headers.get(REQUEST_ID_HEADER)
 
@@ -283,6 +321,7 @@ def _segment(identifier: str) -> str:
 
 class SquareProcessor(_http.HttpProcessor):
     name = NAME
+    amounts = AMOUNTS
     capabilities = Capabilities(
         cancel=False,
         status_api=True,
@@ -343,25 +382,30 @@ class SquareProcessor(_http.HttpProcessor):
         answer, request_id = await self._call(
             "GET", f"/v2/payments/{_segment(transaction_id)}", SquarePaymentResponse, flow="lookup"
         )
-        try:
-            return transaction_from_payment(answer.payment)
-        except ValueError as exc:
-            raise ProcessorError(
-                f"square payment {transaction_id!r} carries no amount", processor=NAME, request_id=request_id
-            ) from exc
+        payment = answer.payment
+        completed = None
+        if payment.refunded_money is None and payment.refund_ids:
+            refunds = [await self._read_refund(refund_id) for refund_id in payment.refund_ids]
+            completed = sum(r.amount_money.amount for r, _ in refunds if (r.status or "").upper() == "COMPLETED")
+        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
+            return transaction_from_payment(payment, completed_refunds=completed)
+
+    async def _read_refund(self, refund_id: str) -> tuple[SquarePaymentRefund, str | None]:
+        answer, request_id = await self._call(
+            "GET", f"/v2/refunds/{_segment(refund_id)}", SquareRefundResponse, flow="get"
+        )
+        return answer.refund, request_id
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
         answer, request_id = await self._call(
             "POST", "/v2/refunds", SquareRefundResponse, flow="create", json=wire.to_json()
         )
-        return refund_from_wire(answer.refund, request_id=request_id)
+        return _refund_answer(answer.refund, request_id, mutating=True)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
-        answer, request_id = await self._call(
-            "GET", f"/v2/refunds/{_segment(processor_refund_id)}", SquareRefundResponse, flow="get"
-        )
-        return refund_from_wire(answer.refund, request_id=request_id)
+        refund, request_id = await self._read_refund(processor_refund_id)
+        return _refund_answer(refund, request_id)
 
     async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
         """The payment's `refund_ids`, each refund read, matched by the id in its `reason`."""
@@ -371,12 +415,9 @@ class SquareProcessor(_http.HttpProcessor):
         )
         found: list[ProcessorRefund] = []
         for refund_id in answer.payment.refund_ids:
-            refund, request_id = await _http.searching(
-                self._call("GET", f"/v2/refunds/{_segment(refund_id)}", SquareRefundResponse, flow="get"),
-                processor=NAME,
-            )
-            if is_ours(refund.refund, request.refund_id):
-                found.append(refund_from_wire(refund.refund, request_id=request_id))
+            refund, request_id = await _http.searching(self._read_refund(refund_id), processor=NAME)
+            if is_ours(refund, request.refund_id):
+                found.append(_refund_answer(refund, request_id))
         return _http.the_one_found(found, request, processor=NAME)
 
     async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
@@ -386,7 +427,7 @@ class SquareProcessor(_http.HttpProcessor):
         while True:
             page, request_id = await self._call("GET", "/v2/refunds", SquareRefundList, flow="list", params=params)
             for refund in page.refunds:
-                yield refund_from_wire(refund, request_id=request_id)
+                yield _refund_answer(refund, request_id)
             if not page.cursor:
                 return
             params = {**params, "cursor": page.cursor}

@@ -16,6 +16,20 @@ Finding a refund again (`find_refund`): every refund carries `metadata[refund_mc
 charge's (or payment intent's) refunds are listed, all pages, and matched by our refund id. Stripe
 prunes idempotency keys once they are 24 hours old, which is why this search exists.
 
+Amounts (docs.stripe.com/currencies): integers in Stripe's minor units, which are not always
+ours (Babel's). Zero-decimal: BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF VND VUV XAF XOF XPF.
+Three-decimal: BHD JOD KWD OMR TND, whose last digit must be 0. Every other currency is
+two-decimal, including the special cases: ISK and UGX have no minor unit but are written x100
+for backwards compatibility (so always a multiple of 100), and HUF and TWD are two-decimal in the
+API (only payouts need whole units). So, in our units: USD 12.34 -> 1234, JPY 1234 -> 1234,
+KWD 1.230 -> 1230 (1.234 refused), HUF 1234 -> 123400, ISK 1234 -> 123400, TWD 12.34 -> 1234,
+UGX 1234 -> 123400, CLP 1234 -> 1234.
+
+Money fields are never defaulted: a charge without `amount_refunded`, or without both
+`amount_captured` and `captured`, is an incomplete answer. The one derivation is Stripe's own:
+an uncaptured charge (`captured: false`) has captured nothing, a captured one without
+`amount_captured` (older API versions) captured its `amount`.
+
 Reasons: Stripe accepts only `duplicate`, `fraudulent` and `requested_by_customer`. Our other
 reasons (product_not_received, product_defective, service_issue, goodwill) are all refunds the
 customer asked for or the merchant chose to make for the customer, so they are sent as
@@ -53,6 +67,7 @@ from refund_mcp.domain.models import (
     TransactionInfo,
 )
 from refund_mcp.processors import _http
+from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 from refund_mcp.processors._http import M
 
 NAME = "stripe"
@@ -64,6 +79,15 @@ LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
 # docs.stripe.com/api/idempotent_requests: "keys are eligible to be removed ... after they're at least 24 hours old".
 KEY_RETENTION = timedelta(hours=24)
 OUR_ID_KEY = "refund_mcp_id"  # the metadata key that names our refund on Stripe's
+_ZERO_DECIMAL = ("BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "VND", "VUV", "XAF", "XOF", "XPF")
+_THREE_DECIMAL = ("BHD", "JOD", "KWD", "OMR", "TND")
+AMOUNTS = AmountScale(
+    processor=NAME,
+    decimals={**dict.fromkeys(_ZERO_DECIMAL, 0), **dict.fromkeys(_THREE_DECIMAL, 3)},
+    default=Default.TWO,
+    wire_multiple=dict.fromkeys(_THREE_DECIMAL, 10),
+    source="docs.stripe.com/currencies",
+)
 
 
 # --------------------------------------------------------------------------- wire structs
@@ -125,11 +149,13 @@ class StripeBillingDetails(_Wire):
 
 
 class StripeChargeResponse(_Wire):
+    """Money fields are None when absent: an absent amount is never 0 (see the module docstring)."""
+
     id: str
-    amount: int
-    amount_captured: int = 0
-    amount_refunded: int = 0
-    captured: bool = False
+    amount: int | None = None
+    amount_captured: int | None = None
+    amount_refunded: int | None = None
+    captured: bool | None = None
     currency: str
     status: str
     refunded: bool = False
@@ -144,8 +170,8 @@ class StripeChargeResponse(_Wire):
 
 class StripePaymentIntentResponse(_Wire):
     id: str
-    amount: int
-    amount_received: int = 0
+    amount: int | None = None
+    amount_received: int | None = None
     currency: str
     status: str
     created: int | None = None
@@ -228,7 +254,7 @@ def build_refund_request(request: ProcessorRefundRequest) -> StripeRefundCreateR
     if request.note:
         metadata["note"] = request.note[:500]  # Stripe caps metadata values at 500 characters
     return StripeRefundCreateRequest(
-        amount=request.amount_minor,
+        amount=AMOUNTS.to_wire(request.amount_minor, request.currency),
         charge=request.transaction_id if kind is StripeObjectKind.CHARGE else None,
         payment_intent=request.transaction_id if kind is StripeObjectKind.PAYMENT_INTENT else None,
         reason=stripe_reason(request.reason),
@@ -241,11 +267,13 @@ def _timestamp(epoch: int | None) -> datetime | None:
 
 
 def refund_from_wire(refund: StripeRefundResponse, *, request_id: str | None) -> ProcessorRefund:
+    """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
+    currency = refund.currency.upper()
     return ProcessorRefund(
         processor_refund_id=refund.id,
         status=refund_status(refund.status),
-        amount_minor=refund.amount,
-        currency=refund.currency.upper(),
+        amount_minor=AMOUNTS.from_wire(refund.amount, currency, what="refund amount"),
+        currency=currency,
         processor_status=refund.status or "unknown",
         request_id=request_id,
         failure_reason=refund.failure_reason,
@@ -267,22 +295,35 @@ def _aliases(canonical: str, *names: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if name and name != canonical))
 
 
+def captured_wire_amount(charge: StripeChargeResponse) -> int:
+    """`amount_captured`, or Stripe's documented meaning of `captured` when it is absent."""
+    if charge.captured is False:
+        return 0
+    if charge.amount_captured is not None:
+        return charge.amount_captured
+    if charge.captured is True and charge.amount is not None:
+        return charge.amount
+    raise IncompleteAnswer("stripe's charge has neither amount_captured nor captured")
+
+
 def transaction_from_charge(charge: StripeChargeResponse, *, asked_id: str | None = None) -> TransactionInfo:
-    """The charge is the canonical id; its payment intent (and the id asked with) are aliases."""
+    """The charge is the canonical id; its payment intent (and the id asked with) are aliases.
+    Raises IncompleteAnswer when a money field is missing."""
     email = charge.billing_details.email if charge.billing_details else None
+    currency = charge.currency.upper()
     return TransactionInfo(
         processor=NAME,
         transaction_id=charge.id,
-        amount_minor=charge.amount,
-        currency=charge.currency.upper(),
-        captured_minor=charge.amount_captured if charge.captured else 0,
-        refunded_minor=charge.amount_refunded,
+        amount_minor=AMOUNTS.from_wire(charge.amount, currency, what="charge amount"),
+        currency=currency,
+        captured_minor=AMOUNTS.from_wire(captured_wire_amount(charge), currency, what="amount_captured"),
+        refunded_minor=AMOUNTS.from_wire(charge.amount_refunded, currency, what="amount_refunded"),
         status=charge.status.lower(),
         created_at=_timestamp(charge.created),
         customer_ref=email or charge.receipt_email or _object_id(charge.customer),
         description=charge.description,
         # A fully refunded charge stays "refundable": the service then answers already_refunded.
-        refundable=charge.status == "succeeded" and charge.captured and not charge.disputed,
+        refundable=charge.status == "succeeded" and bool(charge.captured) and not charge.disputed,
         aliases=_aliases(charge.id, _object_id(charge.payment_intent), asked_id),
     )
 
@@ -298,7 +339,7 @@ def transaction_from_payment_intent(intent: StripePaymentIntentResponse) -> Tran
         return TransactionInfo(
             processor=NAME,
             transaction_id=charge.id,
-            amount_minor=intent.amount,
+            amount_minor=AMOUNTS.from_wire(intent.amount, intent.currency.upper(), what="payment intent amount"),
             currency=intent.currency.upper(),
             captured_minor=from_charge.captured_minor,
             refunded_minor=from_charge.refunded_minor,
@@ -316,9 +357,9 @@ def transaction_from_payment_intent(intent: StripePaymentIntentResponse) -> Tran
     return TransactionInfo(
         processor=NAME,
         transaction_id=intent.id,
-        amount_minor=intent.amount,
+        amount_minor=AMOUNTS.from_wire(intent.amount, intent.currency.upper(), what="payment intent amount"),
         currency=intent.currency.upper(),
-        captured_minor=intent.amount_received,
+        captured_minor=AMOUNTS.from_wire(intent.amount_received, intent.currency.upper(), what="amount_received"),
         refunded_minor=0,
         status=intent.status.lower(),
         created_at=_timestamp(intent.created),
@@ -391,6 +432,11 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     )
 
 
+def _refund_answer(refund: StripeRefundResponse, request_id: str | None, *, mutating: bool = False) -> ProcessorRefund:
+    with _http.reading_answer(NAME, mutating=mutating, request_id=request_id):
+        return refund_from_wire(refund, request_id=request_id)
+
+
 def _request_id(response: httpx2.Response) -> str | None:
     return response.headers.get(REQUEST_ID_HEADER)
 
@@ -405,6 +451,7 @@ def _segment(identifier: str) -> str:
 
 class StripeProcessor(_http.HttpProcessor):
     name = NAME
+    amounts = AMOUNTS
     capabilities = Capabilities(
         cancel=True,
         status_api=True,
@@ -459,7 +506,8 @@ class StripeProcessor(_http.HttpProcessor):
             charge, _ = await self._call(
                 "GET", f"/v1/charges/{_segment(transaction_id)}", StripeChargeResponse, flow="lookup"
             )
-            return transaction_from_charge(charge, asked_id=transaction_id)
+            with _http.reading_answer(NAME, mutating=False):
+                return transaction_from_charge(charge, asked_id=transaction_id)
         intent, _ = await self._call(
             "GET",
             f"/v1/payment_intents/{_segment(transaction_id)}",
@@ -467,7 +515,8 @@ class StripeProcessor(_http.HttpProcessor):
             flow="lookup",
             params={"expand[]": "latest_charge"},
         )
-        return transaction_from_payment_intent(intent)
+        with _http.reading_answer(NAME, mutating=False):
+            return transaction_from_payment_intent(intent)
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
@@ -479,13 +528,13 @@ class StripeProcessor(_http.HttpProcessor):
             form=wire.to_form(),
             idempotency_key=request.idempotency_key,
         )
-        return refund_from_wire(refund, request_id=request_id)
+        return _refund_answer(refund, request_id, mutating=True)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         refund, request_id = await self._call(
             "GET", f"/v1/refunds/{_segment(processor_refund_id)}", StripeRefundResponse, flow="get"
         )
-        return refund_from_wire(refund, request_id=request_id)
+        return _refund_answer(refund, request_id)
 
     async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
         """Every refund of the payment, page by page, matched by `metadata[refund_mcp_id]`."""
@@ -495,7 +544,7 @@ class StripeProcessor(_http.HttpProcessor):
             page, request_id = await _http.searching(
                 self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params), processor=NAME
             )
-            found += [refund_from_wire(r, request_id=request_id) for r in page.data if is_ours(r, request.refund_id)]
+            found += [_refund_answer(r, request_id) for r in page.data if is_ours(r, request.refund_id)]
             if not page.has_more:
                 return _http.the_one_found(found, request, processor=NAME)
             if not page.data:
@@ -508,7 +557,7 @@ class StripeProcessor(_http.HttpProcessor):
         while True:
             page, request_id = await self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params)
             for refund in page.data:
-                yield refund_from_wire(refund, request_id=request_id)
+                yield _refund_answer(refund, request_id)
             if not page.has_more or not page.data:
                 return
             params = {**params, "starting_after": page.data[-1].id}
@@ -522,4 +571,4 @@ class StripeProcessor(_http.HttpProcessor):
             flow="cancel",
             idempotency_key=f"refund-mcp-cancel-{processor_refund_id}",
         )
-        return refund_from_wire(refund, request_id=request_id)
+        return _refund_answer(refund, request_id, mutating=True)

@@ -47,6 +47,8 @@ from datetime import datetime
 from typing import Any
 
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus
+from refund_mcp.processors import adyen as adapter
+from refund_mcp.processors._amounts import IncompleteAnswer
 from refund_mcp.webhooks import _common
 from refund_mcp.webhooks.errors import WebhookMalformed, WebhookNotConfigured, WebhookSignatureError
 from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, WebhookEvent
@@ -144,8 +146,11 @@ def _item_event(item: dict[str, Any]) -> WebhookEvent:
     money = item.get("amount")
     if not isinstance(money, dict):
         raise WebhookMalformed("an item has no amount")
-    value = _common.amount(money.get("value"), "the amount value")
     currency = _common.currency(money.get("currency"), "the amount currency")
+    try:  # Adyen's minor units are not always ours (CLP, ISK: two decimals at Adyen)
+        value = adapter.AMOUNTS.from_wire(_common.amount(money.get("value"), "the amount value"), currency, what="amount")
+    except IncompleteAnswer as exc:
+        raise WebhookMalformed(f"an item's amount cannot be read ({exc})") from exc
     merchant_reference = item.get("merchantReference") if isinstance(item.get("merchantReference"), str) else None
     reason = item.get("reason") if isinstance(item.get("reason"), str) else None
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from refund_mcp.domain.errors import ProcessorError, RefundError, ValidationFailed
 from refund_mcp.processors import paypal as adapter
+from refund_mcp.processors._amounts import IncompleteAnswer
 from refund_mcp.webhooks import _common
 from refund_mcp.webhooks.errors import WebhookMalformed, WebhookSignatureError, WebhookVerificationUnavailable
 from refund_mcp.webhooks.events import IgnoredEvent, WebhookEvent
@@ -90,7 +91,7 @@ def parse_paypal(raw_body: bytes) -> list[WebhookEvent]:
     try:
         refund = adapter.PayPalRefundResponse.model_validate(resource)
         answer = adapter.refund_from_wire(refund, request_id=None)
-    except (ValidationError, ValidationFailed) as exc:
+    except (ValidationError, ValidationFailed, IncompleteAnswer) as exc:
         raise WebhookMalformed("the PayPal event's resource is not a refund with an amount") from exc
     return [
         _common.refund_event(

@@ -21,6 +21,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from refund_mcp.processors import square as adapter
+from refund_mcp.processors._amounts import IncompleteAnswer
 from refund_mcp.webhooks import _common
 from refund_mcp.webhooks.errors import WebhookMalformed, WebhookSignatureError
 from refund_mcp.webhooks.events import IgnoredEvent, WebhookEvent
@@ -59,7 +60,10 @@ def parse_square(raw_body: bytes) -> list[WebhookEvent]:
         wire = adapter.SquarePaymentRefund.model_validate(refund)
     except ValidationError as exc:
         raise WebhookMalformed("data.object.refund is not a Square PaymentRefund") from exc
-    answer = adapter.refund_from_wire(wire, request_id=None)
+    try:
+        answer = adapter.refund_from_wire(wire, request_id=None)
+    except IncompleteAnswer as exc:
+        raise WebhookMalformed(f"the Square refund's amount cannot be read ({exc})") from exc
     return [
         _common.refund_event(
             PROCESSOR,

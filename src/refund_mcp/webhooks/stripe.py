@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from refund_mcp.processors import stripe as adapter
+from refund_mcp.processors._amounts import IncompleteAnswer
 from refund_mcp.webhooks import _common
 from refund_mcp.webhooks.errors import WebhookMalformed, WebhookSignatureError
 from refund_mcp.webhooks.events import IgnoredEvent, RefundEvent, WebhookEvent
@@ -82,7 +83,10 @@ def _refund_event(event_id: str, obj: Any, occurred_at: datetime | None) -> Refu
         refund = adapter.StripeRefundResponse.model_validate(obj)
     except ValidationError as exc:
         raise WebhookMalformed("a refund in the Stripe event is not a Stripe Refund object") from exc
-    answer = adapter.refund_from_wire(refund, request_id=None)
+    try:
+        answer = adapter.refund_from_wire(refund, request_id=None)
+    except IncompleteAnswer as exc:
+        raise WebhookMalformed(f"the Stripe refund's amount cannot be read ({exc})") from exc
     # The payment may be on record as its payment intent or as its charge, whichever the agent used.
     other = (refund.charge,) if refund.payment_intent and refund.charge else ()
     return _common.refund_event(
