@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the processor adapters: one client recipe and one error boundary.
+"""The HTTP boundary of the processor adapters: one client recipe and one error classification.
 
 Every adapter sends its requests through `send()`, the only place where transport failures
 and generic HTTP answers become errors of the domain tree. The classification decides what
@@ -36,13 +36,13 @@ import base64
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx2
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery,
@@ -51,11 +51,7 @@ from refund_mcp.domain.errors import (
     ProcessorError,
     ProcessorUnavailable,
     RateLimited,
-    RefundError,
 )
-from refund_mcp.domain.models import ProcessorRefund, ProcessorRefundRequest
-from refund_mcp.processors._amounts import AmountScale, IncompleteAnswer
-from refund_mcp.processors.base import Processor
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +63,6 @@ DEFAULT_LIMITS = httpx2.Limits(max_connections=20, max_keepalive_connections=10,
 USER_AGENT = "refund-mcp/0.1"
 
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 RequestIdOf = Callable[[httpx2.Response], "str | None"]
 
 # Raised before a single byte left this process: retrying cannot duplicate anything.
@@ -271,31 +266,6 @@ def unreadable_answer(
     )
 
 
-@contextlib.contextmanager
-def reading_answer(processor: str, *, mutating: bool, request_id: str | None = None) -> Iterator[None]:
-    """Map a processor's answer to ours inside this block: an answer that lacks a money field (or
-    carries an amount refund-mcp cannot hold) is an error, never 0. After a create the processor
-    probably acted, so the outcome is unknown and the refund stays reserved."""
-    try:
-        yield
-    except IncompleteAnswer as exc:
-        if mutating:
-            raise ProcessorUnavailable(
-                f"{processor} answered, but its answer is incomplete ({exc}); the request was probably acted on, "
-                "retry only with the same idempotency key",
-                processor=processor,
-                delivery=Delivery.OUTCOME_UNKNOWN,
-                request_id=request_id,
-                answered=True,
-            ) from exc
-        raise ProcessorError(
-            f"{processor}'s answer is incomplete ({exc}); refund-mcp never takes a missing amount as 0",
-            processor=processor,
-            request_id=request_id,
-            answered=True,
-        ) from exc
-
-
 def parse_answer(
     model: type[M], body: Any, *, processor: str, response: httpx2.Response, mutating: bool, request_id: str | None
 ) -> M:
@@ -306,68 +276,3 @@ def parse_answer(
         return model.model_validate(body)
     except ValidationError as exc:
         raise unreadable_answer(processor, response, mutating=mutating, request_id=request_id) from exc
-
-
-# --------------------------------------------------------------------------- refund search
-
-
-async def searching(call: Awaitable[T], *, processor: str) -> T:
-    """One read of a refund search. Whatever stops it (an unknown payment, a refusal) means the
-    search is incomplete, never that the refund does not exist: it becomes a ProcessorCallError."""
-    try:
-        return await call
-    except ProcessorCallError:
-        raise
-    except RefundError as exc:
-        raise ProcessorError(
-            f"{processor} could not be searched for the refund ({exc}); nothing can be concluded from it",
-            processor=processor,
-        ) from exc
-
-
-def truncated_search(processor: str, *, request_id: str | None) -> ProcessorError:
-    return ProcessorError(
-        f"{processor} said more refunds follow but sent an empty page; the search is incomplete",
-        processor=processor,
-        request_id=request_id,
-    )
-
-
-def the_one_found(
-    found: Sequence[ProcessorRefund], request: ProcessorRefundRequest, *, processor: str
-) -> ProcessorRefund | None:
-    """The refund a complete search found for our refund id: None when there is none. Two are a
-    double refund that already happened; that is for an operator, so it is an error, not a pick."""
-    if len(found) > 1:
-        ids = ", ".join(refund.processor_refund_id for refund in found)
-        raise ProcessorError(
-            f"{processor} holds {len(found)} refunds for {request.refund_id} ({ids}); "
-            "an operator must reconcile them before anything else is sent",
-            processor=processor,
-            code="processor_error",
-        )
-    return found[0] if found else None
-
-
-class WireModel(BaseModel):
-    """A processor's JSON object. Processors add fields over time; only what we read is declared."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
-class HttpProcessor(Processor):
-    """A processor reached over HTTP. It owns its client unless one is injected (tests, a shared pool)."""
-
-    amounts: AmountScale
-
-    def __init__(self, api_base: str, http: httpx2.AsyncClient | None) -> None:
-        self._base = api_base.rstrip("/")
-        self._owns_http = http is None
-        self._http = http if http is not None else build_client()
-
-    def check_amount(self, amount_minor: int, currency: str) -> None:
-        self.amounts.to_wire(amount_minor, currency)
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()

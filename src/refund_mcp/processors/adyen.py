@@ -32,27 +32,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
 
 import httpx2
 from pydantic import SecretStr, ValidationError
 
-from refund_mcp.domain.errors import (
-    Delivery,
-    NotSupported,
-    ProcessorError,
-    ProcessorUnavailable,
-    RefundError,
-    TransactionNotFound,
-)
+from refund_mcp.domain.errors import NotSupported, RefundError, TransactionNotFound
 from refund_mcp.domain.models import (
-    Capabilities,
-    ProcessorRefund,
-    ProcessorRefundRequest,
-    RefundReason,
-    RefundStatus,
-    TransactionInfo,
+    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
+from refund_mcp.processors import _connector as connector
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default
 
@@ -74,13 +62,20 @@ AMOUNTS = AmountScale(
     source="docs.adyen.com currency codes",
 )
 
+# No refund or payment GET in Checkout (see the module docstring); Idempotency-Key is kept at least
+# 31 days (docs.adyen.com/development-resources/api-idempotency).
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=timedelta(days=31), refund_search=False,
+)
+
 KnownTransactions = Callable[[str], Awaitable[TransactionInfo | None]]
 
 
 # --------------------------------------------------------------------------- wire structs
 
 
-_Wire = _http.WireModel
+_Wire = connector.WireModel
 
 
 class AdyenAmount(_Wire):
@@ -95,9 +90,6 @@ class AdyenRefundRequest(_Wire):
     amount: AdyenAmount
     reference: str | None = None
     merchantRefundReason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 class AdyenRefundResponse(_Wire):
@@ -149,8 +141,7 @@ def adyen_reason(reason: RefundReason) -> str:
 
 def build_refund_request(request: ProcessorRefundRequest, *, merchant_account: str) -> AdyenRefundRequest:
     """Raises ValueError for an idempotency key Adyen would not accept (a bug, not a user error)."""
-    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
-        raise ValueError(f"Adyen idempotency keys are at most {IDEMPOTENCY_KEY_MAX} characters")
+    connector.checked_key(request.idempotency_key, limit=IDEMPOTENCY_KEY_MAX, processor=NAME)
     return AdyenRefundRequest(
         merchantAccount=merchant_account,
         amount=AdyenAmount(currency=request.currency, value=AMOUNTS.to_wire(request.amount_minor, request.currency)),
@@ -174,51 +165,29 @@ def refund_from_wire(refund: AdyenRefundResponse) -> ProcessorRefund:
     )
 
 
-def error_from_response(status: int, body: Any, *, transient: bool, request_id: str | None) -> RefundError:
+def error_from_response(
+    status: int, body: Any, *, transient: bool, request_id: str | None, flow: str = "create"
+) -> RefundError:
     """Map an Adyen ServiceError (other than 401/403/429/5xx, handled in `_http`) to the error tree.
-    `transient` is the `transient-error: true` response header."""
+    `transient` is the `transient-error: true` response header; every call Adyen answers here is a create."""
     try:
         error = AdyenServiceError.model_validate(body)
     except ValidationError:
         error = AdyenServiceError()
-    request_id = request_id or error.pspReference
-    said = f": {error.message}" if error.message else ""
-    if error.errorCode == IN_PROGRESS_CODE:
-        if transient:
-            # The first request with this key is still running: outcome unknown, retry with the same key.
-            return ProcessorUnavailable(
-                "adyen is still processing an earlier request with this idempotency key; retry later with the same key",
-                processor=NAME,
-                delivery=Delivery.OUTCOME_UNKNOWN,
-                http_status=status,
-                request_id=request_id,
-                processor_code=error.errorCode,
-            )
-        return ProcessorError(
-            f"adyen refused to reuse this idempotency key for this request{said}",
-            processor=NAME,
-            code="idempotency_conflict",
-            http_status=status,
-            request_id=request_id,
-            processor_code=error.errorCode,
-        )
-    if error.errorCode in _ERROR_CODES:
-        our_code, explanation = _ERROR_CODES[error.errorCode]
-        return ProcessorError(
-            f"adyen refused the refund: {explanation}{said}",
-            processor=NAME,
-            code=our_code,
-            http_status=status,
-            request_id=request_id,
-            processor_code=error.errorCode,
-        )
-    return ProcessorError(
-        f"adyen refused the request (HTTP {status}, errorCode {error.errorCode or 'none'}){said}",
-        processor=NAME,
-        http_status=status,
-        request_id=request_id,
-        processor_code=error.errorCode,
-    )
+    code = error.errorCode
+    answer = connector.ErrorAnswer(NAME, status, request_id or error.pspReference, f": {error.message}" if error.message else "")
+    if code == IN_PROGRESS_CODE and transient:
+        return answer.still_processing("an earlier request with this idempotency key", processor_code=code)
+    if code == IN_PROGRESS_CODE:
+        return answer.refused("to reuse this idempotency key for this request", code="idempotency_conflict", processor_code=code)
+    if code in _ERROR_CODES:
+        our_code, explanation = _ERROR_CODES[code]
+        return answer.refused(f"the refund: {explanation}", code=our_code, processor_code=code)
+    return answer.unmapped(code)
+
+
+def _transient(response: httpx2.Response) -> dict[str, Any]:
+    return {"transient": response.headers.get("transient-error", "").strip().lower() == "true"}
 
 
 def unknown_transaction(transaction_id: str) -> TransactionNotFound:
@@ -235,22 +204,17 @@ def _request_id(response: httpx2.Response) -> str | None:
     return psp if isinstance(psp, str) else None
 
 
+DIALECT = connector.Dialect(
+    NAME, _request_id, error_from_response, headers={"Accept": "application/json"}, refusal_context=_transient
+)
+
 # --------------------------------------------------------------------------- the adapter
 
 
-class AdyenProcessor(_http.HttpProcessor):
+class AdyenProcessor(connector.HttpProcessor):
     name = NAME
     amounts = AMOUNTS
-    capabilities = Capabilities(
-        cancel=False,
-        status_api=False,
-        lookup_api=False,
-        partial_refunds=True,
-        webhooks=True,
-        # docs.adyen.com/development-resources/api-idempotency: keys stay valid for at least 31 days.
-        idempotency_key_retention=timedelta(days=31),
-        refund_search=False,
-    )
+    capabilities = CAPABILITIES
 
     def __init__(
         self,
@@ -261,10 +225,10 @@ class AdyenProcessor(_http.HttpProcessor):
         http: httpx2.AsyncClient | None = None,
         known_transactions: KnownTransactions | None = None,
     ) -> None:
-        self._api_key = api_key
         self._merchant_account = merchant_account
-        super().__init__(api_base, http)
         self._known_transactions = known_transactions
+        key = connector.StaticCredentials(lambda: {"X-API-Key": api_key.get_secret_value()})
+        super().__init__(connector.Connection(DIALECT, api_base=api_base, http=http, credentials=key))
 
     def __repr__(self) -> str:
         return f"AdyenProcessor(merchant_account={self._merchant_account!r}, api_base={self._base!r})"
@@ -278,25 +242,15 @@ class AdyenProcessor(_http.HttpProcessor):
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request, merchant_account=self._merchant_account)
-        http_request = self._http.build_request(
+        refund, _ = await self._api.call(
             "POST",
-            f"{self._base}/payments/{quote(request.transaction_id, safe='')}/refunds",
+            f"/payments/{connector.segment(request.transaction_id)}/refunds",
+            AdyenRefundResponse,
+            flow="create",
             json=wire.to_json(),
-            headers={
-                "X-API-Key": self._api_key.get_secret_value(),
-                "Idempotency-Key": request.idempotency_key,
-                "Accept": "application/json",
-            },
+            headers={"Idempotency-Key": request.idempotency_key},
         )
-        response = await _http.send(self._http, http_request, processor=NAME, request_id_of=_request_id)
-        body = _http.json_or_none(response)
-        if not response.is_success:
-            transient = response.headers.get("transient-error", "").strip().lower() == "true"
-            raise error_from_response(response.status_code, body, transient=transient, request_id=_request_id(response))
-        refund = _http.parse_answer(
-            AdyenRefundResponse, body, processor=NAME, response=response, mutating=True, request_id=None
-        )
-        with _http.reading_answer(NAME, mutating=True, request_id=refund.pspReference):
+        with connector.reading_answer(NAME, mutating=True, request_id=refund.pspReference):
             return refund_from_wire(refund)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:

@@ -31,35 +31,23 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import quote
 
 import httpx2
 from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
-    Delivery,
-    ProcessorAuthFailed,
-    ProcessorCallError,
-    ProcessorError,
-    ProcessorUnavailable,
-    RefundError,
-    RefundNotFound,
-    TransactionNotFound,
+    Delivery, ProcessorAuthFailed, ProcessorCallError, ProcessorError, ProcessorUnavailable, RefundError,
+    RefundNotFound, TransactionNotFound,
 )
 from refund_mcp.domain.models import (
-    Capabilities,
-    ProcessorRefund,
-    ProcessorRefundRequest,
-    RefundReason,
-    RefundStatus,
-    TransactionInfo,
+    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
+from refund_mcp.processors import _connector as connector
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
-from refund_mcp.processors._http import M
 
 NAME = "paypal"
 DEFAULT_API_BASE = "https://api-m.sandbox.paypal.com"
@@ -71,6 +59,12 @@ NOTE_TO_PAYER_MAX = 255
 VERIFY_WEBHOOK_PATH = "/v1/notifications/verify-webhook-signature"
 
 Flow = Literal["lookup", "create", "get", "verify"]
+# No cancel and no refund search in Payments v2 (see the module docstring); PayPal keeps a
+# PayPal-Request-Id for 45 days (developer.paypal.com/reference/guidelines/idempotency).
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=timedelta(days=45), refund_search=False,
+)
 AMOUNTS = AmountScale(
     processor=NAME,
     decimals={"HUF": 0, "JPY": 0, "TWD": 0},
@@ -82,7 +76,7 @@ AMOUNTS = AmountScale(
 # --------------------------------------------------------------------------- wire structs
 
 
-_Wire = _http.WireModel
+_Wire = connector.WireModel
 
 
 class PayPalMoney(_Wire):
@@ -96,9 +90,6 @@ class PayPalRefundRequest(_Wire):
     amount: PayPalMoney | None = None
     custom_id: str | None = None
     note_to_payer: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 class PayPalTokenResponse(_Wire):
@@ -205,15 +196,12 @@ _CAPTURED = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
 
 
 def refund_status(paypal_status: str | None) -> RefundStatus:
-    """PayPal's refund status to ours; an unknown one stays PENDING (keeps the amount reserved)."""
-    return _STATUS.get((paypal_status or "").upper(), RefundStatus.PENDING)
+    return connector.status_of(_STATUS, paypal_status)
 
 
 def note_to_payer(reason: RefundReason, note: str | None) -> str:
     """The payer-visible text: one line (the spec's pattern `^.*$` has no newlines), ≤ 255 chars."""
-    text = _REASON_TEXT[reason]
-    if note and note.strip():
-        text = f"{text}: {' '.join(note.split())}"
+    text = connector.with_note(_REASON_TEXT[reason], note)
     if len(text) > NOTE_TO_PAYER_MAX:
         text = text[: NOTE_TO_PAYER_MAX - 1] + "…"
     return text
@@ -232,16 +220,6 @@ def build_refund_request(request: ProcessorRefundRequest) -> PayPalRefundRequest
 def token_lifetime(expires_in: float) -> float:
     """How long to reuse a token: its lifetime minus a margin (half of it for very short tokens)."""
     return max(0.0, expires_in - min(TOKEN_REFRESH_MARGIN_SECONDS, expires_in / 2))
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _capture_id_from_links(links: list[PayPalLink]) -> str | None:
@@ -265,7 +243,7 @@ def refund_from_wire(refund: PayPalRefundResponse, *, request_id: str | None) ->
         request_id=request_id,
         failure_reason=refund.status_details.reason if refund.status_details else None,
         transaction_id=_capture_id_from_links(refund.links),
-        created_at=_time(refund.create_time),
+        created_at=connector.rfc3339(refund.create_time),
     )
 
 
@@ -305,7 +283,7 @@ def transaction_from_capture(capture: PayPalCaptureResponse) -> TransactionInfo:
         captured_minor=captured,
         refunded_minor=captured if status == "REFUNDED" else 0,  # see the module docstring
         status=status.lower(),
-        created_at=_time(capture.create_time),
+        created_at=connector.rfc3339(capture.create_time),
         customer_ref=None,  # a capture names the payee (the merchant), never the payer
         description=capture.invoice_id or capture.custom_id,
         refundable=status in _CAPTURED,
@@ -351,40 +329,19 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     issues = [detail.issue for detail in error.details if detail.issue]
     first = next((detail for detail in error.details if detail.issue), None)
     said = f": {first.description}" if first and first.description else (f": {error.message}" if error.message else "")
-    request_id = request_id or error.debug_id
+    answer = connector.ErrorAnswer(NAME, status, request_id or error.debug_id, said)
     if status == 404 or error.name == "RESOURCE_NOT_FOUND":
-        if flow == "get":
-            return RefundNotFound(f"paypal has no such refund{said}")
-        return TransactionNotFound(f"paypal has no such capture{said}")
+        return RefundNotFound(f"paypal has no such refund{said}") if flow == "get" else TransactionNotFound(
+            f"paypal has no such capture{said}"
+        )
     if status == 409 or error.name == "RESOURCE_CONFLICT":
         # "A previous request on this resource is currently in progress": its outcome is not known yet.
-        return ProcessorUnavailable(
-            "paypal is still processing an earlier request for this capture; "
-            "retry later with the same PayPal-Request-Id",
-            processor=NAME,
-            delivery=Delivery.OUTCOME_UNKNOWN,
-            http_status=status,
-            request_id=request_id,
-            processor_code=issues[0] if issues else error.name,
-        )
+        return answer.still_processing("an earlier request for this capture", processor_code=issues[0] if issues else error.name)
     mapped = next((issue for issue in issues if issue in _ISSUES), None)
     if mapped is not None:
-        return ProcessorError(
-            f"paypal refused the refund ({mapped}){said}",
-            processor=NAME,
-            code=_ISSUES[mapped],
-            http_status=status,
-            request_id=request_id,
-            processor_code=mapped,
-        )
-    code = issues[0] if issues else error.name
-    return ProcessorError(
-        f"paypal refused the request (HTTP {status}, {code or 'no issue given'}){said}",
-        processor=NAME,
-        http_status=status,
-        request_id=request_id,
-        processor_code=code,
-    )
+        return answer.refused(f"the refund ({mapped})", code=_ISSUES[mapped], processor_code=mapped)
+    return answer.unmapped(issues[0] if issues else error.name)
+
 
 
 def _request_id(response: httpx2.Response) -> str | None:
@@ -396,68 +353,47 @@ def _request_id(response: httpx2.Response) -> str | None:
     return debug_id if isinstance(debug_id, str) else None
 
 
-def _segment(identifier: str) -> str:
-    return quote(identifier, safe="")
+DIALECT = connector.Dialect(NAME, _request_id, error_from_response, headers={"Accept": "application/json"})
 
 
-# --------------------------------------------------------------------------- the adapter
-
-
-class PayPalProcessor(_http.HttpProcessor):
-    name = NAME
-    amounts = AMOUNTS
-    capabilities = Capabilities(
-        cancel=False,
-        status_api=True,
-        lookup_api=True,
-        partial_refunds=True,
-        webhooks=True,
-        # developer.paypal.com/reference/guidelines/idempotency: PayPal-Request-Id is kept 45 days.
-        idempotency_key_retention=timedelta(days=45),
-        refund_search=False,
-    )
+class PayPalToken:
+    """PayPal's OAuth2 client-credentials token as the adapter's `Credentials`: fetched once and
+    shared by concurrent callers, reused until shortly before it expires, fetched anew after a 401."""
 
     def __init__(
-        self,
-        *,
-        client_id: str,
-        client_secret: SecretStr,
-        api_base: str = DEFAULT_API_BASE,
-        http: httpx2.AsyncClient | None = None,
+        self, *, client_id: str, client_secret: SecretStr, token_url: str, http: httpx2.AsyncClient, clock: Callable[[], float]
     ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
-        super().__init__(api_base, http)
+        self._token_url = token_url
+        self._http = http
+        self._clock = clock
         self._token: str | None = None
-        self._token_valid_until = 0.0
-        # One fetch at a time: concurrent callers wait for it and share the token it brings.
-        self._token_lock = asyncio.Lock()
-        self._clock: Callable[[], float] = time.monotonic  # replaceable in tests; never sleeps
+        self._valid_until = 0.0
+        self._lock = asyncio.Lock()  # one fetch at a time: concurrent callers wait and share its token
 
     def __repr__(self) -> str:
-        return f"PayPalProcessor(client_id={self._client_id!r}, api_base={self._base!r})"
+        return f"PayPalToken(client_id={self._client_id!r})"
 
-    # ---------------------------------------------------------------- token
+    async def headers(self) -> dict[str, str]:
+        async with self._lock:
+            if self._token is None or self._clock() >= self._valid_until:
+                token, lifetime = await self._fetch()
+                self._token, self._valid_until = token, self._clock() + lifetime
+            return {"Authorization": f"Bearer {self._token}"}
 
-    async def _access_token(self) -> str:
-        async with self._token_lock:
-            if self._token is not None and self._clock() < self._token_valid_until:
-                return self._token
-            token, lifetime = await self._fetch_token()
-            self._token, self._token_valid_until = token, self._clock() + lifetime
-            return token
-
-    def _forget_token(self, token: str) -> None:
-        # Only the token that failed: a concurrent caller may already have fetched a fresh one.
-        if self._token == token:
+    def rejected(self, headers: Mapping[str, str]) -> bool:
+        # Forget only the token that failed: a concurrent caller may already have fetched a fresh one.
+        if headers.get("Authorization") == f"Bearer {self._token}":
             self._token = None
+        return True
 
-    async def _fetch_token(self) -> tuple[str, float]:
+    async def _fetch(self) -> tuple[str, float]:
         """Fetch a token. Any failure here means the actual API call was never sent (NOT_SENT)."""
         basic = base64.b64encode(f"{self._client_id}:{self._client_secret.get_secret_value()}".encode()).decode()
         request = self._http.build_request(
             "POST",
-            self._base + TOKEN_PATH,
+            self._token_url,
             content=b"grant_type=client_credentials",
             headers={
                 "Authorization": f"Basic {basic}",
@@ -497,81 +433,68 @@ class PayPalProcessor(_http.HttpProcessor):
         )
         return token.access_token, token_lifetime(token.expires_in)
 
-    # ---------------------------------------------------------------- calls
 
-    async def _call(
+# --------------------------------------------------------------------------- the adapter
+
+
+class PayPalProcessor(connector.HttpProcessor):
+    name = NAME
+    amounts = AMOUNTS
+    capabilities = CAPABILITIES
+
+    def __init__(
         self,
-        method: str,
-        path: str,
-        model: type[M],
         *,
-        flow: Flow,
-        json: dict[str, Any] | None = None,
-        content: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[M, str | None]:
-        response: httpx2.Response | None = None
-        if content is not None:
-            headers = {"Content-Type": "application/json", **(headers or {})}
-        for attempt in (1, 2):
-            token = await self._access_token()
-            request = self._http.build_request(
-                method,
-                self._base + path,
-                json=json,
-                content=content,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})},
-            )
-            response = await _http.send(self._http, request, processor=NAME, check_common_status=False)
-            if response.status_code == 401 and attempt == 1:
-                # The token expired or was revoked early: fetch a new one and try exactly once more.
-                # Safe for the refund POST too: a 401 was not acted on, and the PayPal-Request-Id is reused.
-                self._forget_token(token)
-                continue
-            break
-        assert response is not None
-        request_id = _request_id(response)
-        error = _http.common_status_error(response, processor=NAME, request_id=request_id)
-        if error is not None:
-            raise error
-        body = _http.json_or_none(response)
-        if not response.is_success:
-            raise error_from_response(response.status_code, body, flow=flow, request_id=request_id)
-        return (
-            _http.parse_answer(
-                model, body, processor=NAME, response=response, mutating=method == "POST", request_id=request_id
-            ),
-            request_id,
+        client_id: str,
+        client_secret: SecretStr,
+        api_base: str = DEFAULT_API_BASE,
+        http: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self._client_id = client_id
+        self._clock: Callable[[], float] = time.monotonic  # replaceable in tests; never sleeps
+        client = http if http is not None else _http.build_client()
+        token = PayPalToken(
+            client_id=client_id,
+            client_secret=client_secret,
+            token_url=api_base.rstrip("/") + TOKEN_PATH,
+            http=client,
+            clock=lambda: self._clock(),
         )
+        super().__init__(
+            connector.Connection(DIALECT, api_base=api_base, http=client, credentials=token, owns_http=http is None)
+        )
+
+    def __repr__(self) -> str:
+        return f"PayPalProcessor(client_id={self._client_id!r}, api_base={self._base!r})"
 
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
-        capture, request_id = await self._call(
-            "GET", f"/v2/payments/captures/{_segment(transaction_id)}", PayPalCaptureResponse, flow="lookup"
+        capture, request_id = await self._api.call(
+            "GET", f"/v2/payments/captures/{connector.segment(transaction_id)}", PayPalCaptureResponse, flow="lookup"
         )
-        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
+        with connector.reading_answer(NAME, mutating=False, request_id=request_id):
             return transaction_from_capture(capture)
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
-        refund, request_id = await self._call(
+        refund, request_id = await self._api.call(
             "POST",
-            f"/v2/payments/captures/{_segment(request.transaction_id)}/refund",
+            f"/v2/payments/captures/{connector.segment(request.transaction_id)}/refund",
             PayPalRefundResponse,
             flow="create",
             json=wire.to_json(),
             headers={"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"},
         )
-        with _http.reading_answer(NAME, mutating=True, request_id=request_id):
+        with connector.reading_answer(NAME, mutating=True, request_id=request_id):
             answer = refund_from_wire(refund, request_id=request_id)
         if (mismatch := replay_mismatch(request, refund, answer)) is not None:
             raise mismatch
         return answer
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
-        refund, request_id = await self._call(
-            "GET", f"/v2/payments/refunds/{_segment(processor_refund_id)}", PayPalRefundResponse, flow="get"
+        refund, request_id = await self._api.call(
+            "GET", f"/v2/payments/refunds/{connector.segment(processor_refund_id)}", PayPalRefundResponse, flow="get"
         )
-        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
+        with connector.reading_answer(NAME, mutating=False, request_id=request_id):
             return refund_from_wire(refund, request_id=request_id)
 
     async def verify_webhook_signature(
@@ -600,7 +523,7 @@ class PayPalProcessor(_http.HttpProcessor):
             webhook_id=webhook_id,
             raw_event=raw_event,
         )
-        answer, _ = await self._call(
+        answer, _ = await self._api.call(
             "POST", VERIFY_WEBHOOK_PATH, PayPalVerifyWebhookSignatureResponse, flow="verify", content=body
         )
         return answer.verification_status == "SUCCESS"

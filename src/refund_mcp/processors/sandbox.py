@@ -22,21 +22,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from refund_mcp.domain.errors import (
-    AlreadyRefunded,
-    AmountExceedsRefundable,
-    CurrencyMismatch,
-    Delivery,
-    IdempotencyConflict,
-    ProcessorUnavailable,
-    RefundNotFound,
-    TransactionNotFound,
+    AlreadyRefunded, AmountExceedsRefundable, CurrencyMismatch, Delivery, IdempotencyConflict,
+    ProcessorUnavailable, RefundNotFound, TransactionNotFound,
 )
 from refund_mcp.domain.models import (
-    Capabilities,
-    ProcessorRefund,
-    ProcessorRefundRequest,
-    RefundStatus,
-    TransactionInfo,
+    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors.base import Processor
 

@@ -29,28 +29,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import quote
 
 import httpx2
 from pydantic import SecretStr, ValidationError
 
-from refund_mcp.domain.errors import (
-    ProcessorError,
-    RefundError,
-    RefundNotFound,
-    TransactionNotFound,
-)
+from refund_mcp.domain.errors import RefundError, RefundNotFound, TransactionNotFound
 from refund_mcp.domain.models import (
-    Capabilities,
-    ProcessorRefund,
-    ProcessorRefundRequest,
-    RefundReason,
-    RefundStatus,
-    TransactionInfo,
+    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
-from refund_mcp.processors import _http
+from refund_mcp.processors import _connector as connector
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
-from refund_mcp.processors._http import M
 
 NAME = "square"
 DEFAULT_API_BASE = "https://connect.squareupsandbox.com"
@@ -60,13 +48,19 @@ REASON_MAX = 192
 REQUEST_ID_HEADER = "x-request-id"
 
 Flow = Literal["lookup", "create", "get", "list"]
+# Square has no cancel for a PaymentRefund; it does not publish how long it keeps idempotency
+# keys (developer forum, thread 28309), which is why our id travels in the refund's reason.
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=None, refund_search=True,
+)
 AMOUNTS = AmountScale(processor=NAME, decimals={}, default=Default.ISO, source="Square's Money: ISO 4217 minor units")
 
 
 # --------------------------------------------------------------------------- wire structs
 
 
-_Wire = _http.WireModel
+_Wire = connector.WireModel
 
 
 class SquareMoney(_Wire):
@@ -81,9 +75,6 @@ class SquareRefundRequest(_Wire):
     payment_id: str
     amount_money: SquareMoney
     reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 class SquarePaymentRefund(_Wire):
@@ -176,17 +167,13 @@ _REFUNDABLE = frozenset({"COMPLETED"})
 
 
 def refund_status(square_status: str | None) -> RefundStatus:
-    """Square's refund status to ours; an unknown one stays PENDING (keeps the amount reserved)."""
-    return _STATUS.get((square_status or "").upper(), RefundStatus.PENDING)
+    return connector.status_of(_STATUS, square_status)
 
 
 def refund_reason_text(reason: RefundReason, note: str | None, refund_id: str) -> str:
     """`Reason: note (rf_…)`, cut to Square's limit before the id, which must survive whole."""
     tag = f" ({refund_id})"
-    text = _REASON_TEXT[reason]
-    if note and note.strip():
-        text = f"{text}: {' '.join(note.split())}"
-    return text[: REASON_MAX - len(tag)] + tag
+    return connector.with_note(_REASON_TEXT[reason], note)[: REASON_MAX - len(tag)] + tag
 
 
 def is_ours(refund: SquarePaymentRefund, refund_id: str) -> bool:
@@ -195,24 +182,12 @@ def is_ours(refund: SquarePaymentRefund, refund_id: str) -> bool:
 
 def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest:
     """Raises ValueError for an idempotency key longer than Square accepts (ours are ≤ 40)."""
-    if len(request.idempotency_key) > IDEMPOTENCY_KEY_MAX:
-        raise ValueError(f"Square idempotency keys are at most {IDEMPOTENCY_KEY_MAX} characters")
     return SquareRefundRequest(
-        idempotency_key=request.idempotency_key,
+        idempotency_key=connector.checked_key(request.idempotency_key, limit=IDEMPOTENCY_KEY_MAX, processor=NAME),
         payment_id=request.transaction_id,
         amount_money=SquareMoney(amount=AMOUNTS.to_wire(request.amount_minor, request.currency), currency=request.currency),
         reason=refund_reason_text(request.reason, request.note, request.refund_id),
     )
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> ProcessorRefund:
@@ -227,7 +202,7 @@ def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> 
         request_id=request_id,
         failure_reason=refund.status if refund.status in ("REJECTED", "FAILED") else None,
         transaction_id=refund.payment_id,
-        created_at=_time(refund.created_at),
+        created_at=connector.rfc3339(refund.created_at),
     )
 
 
@@ -265,7 +240,7 @@ def transaction_from_payment(payment: SquarePayment, *, completed_refunds: int |
         captured_minor=amount if refundable else 0,
         refunded_minor=AMOUNTS.from_wire(refunded_wire, currency, what="refunded_money"),
         status=status.lower(),
-        created_at=_time(payment.created_at),
+        created_at=connector.rfc3339(payment.created_at),
         customer_ref=payment.buyer_email_address or payment.customer_id,
         description=payment.note,
         refundable=refundable,
@@ -279,58 +254,32 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     except ValidationError:
         errors = []
     first = errors[0] if errors else SquareError()
-    said = f": {first.detail}" if first.detail else ""
     if status == 404 or first.code == "NOT_FOUND":
-        if flow == "get":
-            return RefundNotFound(f"square has no such refund{said}")
-        return TransactionNotFound(f"square has no such payment{said}")
-    mapped = next((error for error in errors if error.code in _CODES), None)
-    if mapped is not None and mapped.code is not None:
-        return ProcessorError(
-            f"square refused the refund ({mapped.code}){': ' + mapped.detail if mapped.detail else ''}",
-            processor=NAME,
-            code=_CODES[mapped.code],
-            http_status=status,
-            request_id=request_id,
-            processor_code=mapped.code,
+        said = f": {first.detail}" if first.detail else ""
+        return RefundNotFound(f"square has no such refund{said}") if flow == "get" else TransactionNotFound(
+            f"square has no such payment{said}"
         )
-    return ProcessorError(
-        f"square refused the request (HTTP {status}, {first.code or 'no code'}){said}",
-        processor=NAME,
-        http_status=status,
-        request_id=request_id,
-        processor_code=first.code,
-    )
+    # The first error Square names that means something to us decides; otherwise the first one.
+    named = next((error for error in errors if error.code in _CODES), first)
+    answer = connector.ErrorAnswer(NAME, status, request_id, f": {named.detail}" if named.detail else "")
+    if named.code in _CODES:
+        return answer.refused(f"the refund ({named.code})", code=_CODES[named.code], processor_code=named.code)
+    return answer.unmapped(named.code)
 
 
-def _refund_answer(refund: SquarePaymentRefund, request_id: str | None, *, mutating: bool = False) -> ProcessorRefund:
-    with _http.reading_answer(NAME, mutating=mutating, request_id=request_id):
-        return refund_from_wire(refund, request_id=request_id)
 
 
-def _request_id(response: httpx2.Response) -> str | None:
-    return response.headers.get(REQUEST_ID_HEADER)
-
-
-def _segment(identifier: str) -> str:
-    return quote(identifier, safe="")
-
+DIALECT = connector.Dialect(
+    NAME, connector.request_id_header(REQUEST_ID_HEADER), error_from_response, headers={"Accept": "application/json"}
+)
 
 # --------------------------------------------------------------------------- the adapter
 
 
-class SquareProcessor(_http.HttpProcessor):
+class SquareProcessor(connector.HttpProcessor):
     name = NAME
     amounts = AMOUNTS
-    capabilities = Capabilities(
-        cancel=False,
-        status_api=True,
-        lookup_api=True,
-        partial_refunds=True,
-        webhooks=True,
-        idempotency_key_retention=None,  # not published (Square developer forum, thread 28309)
-        refund_search=True,
-    )
+    capabilities = CAPABILITIES
 
     def __init__(
         self,
@@ -340,94 +289,66 @@ class SquareProcessor(_http.HttpProcessor):
         square_version: str = DEFAULT_SQUARE_VERSION,
         http: httpx2.AsyncClient | None = None,
     ) -> None:
-        super().__init__(api_base, http)
-        self._access_token = access_token
         self._square_version = square_version
+        token = connector.StaticCredentials(lambda: {"Authorization": f"Bearer {access_token.get_secret_value()}"})
+        connection = connector.Connection(
+            DIALECT, api_base=api_base, http=http, credentials=token, headers={"Square-Version": square_version}
+        )
+        super().__init__(connection)
 
     def __repr__(self) -> str:
         return f"SquareProcessor(api_base={self._base!r}, square_version={self._square_version!r})"
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        model: type[M],
-        *,
-        flow: Flow,
-        json: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> tuple[M, str | None]:
-        request = self._http.build_request(
-            method,
-            self._base + path,
-            json=json,
-            params=params,
-            headers={
-                "Authorization": f"Bearer {self._access_token.get_secret_value()}",
-                "Square-Version": self._square_version,
-                "Accept": "application/json",
-            },
-        )
-        response = await _http.send(self._http, request, processor=NAME, request_id_of=_request_id)
-        request_id = _request_id(response)
-        body = _http.json_or_none(response)
-        if not response.is_success:
-            raise error_from_response(response.status_code, body, flow=flow, request_id=request_id)
-        parsed = _http.parse_answer(
-            model, body, processor=NAME, response=response, mutating=method == "POST", request_id=request_id
-        )
-        return parsed, request_id
-
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
-        answer, request_id = await self._call(
-            "GET", f"/v2/payments/{_segment(transaction_id)}", SquarePaymentResponse, flow="lookup"
+        answer, request_id = await self._api.call(
+            "GET", f"/v2/payments/{connector.segment(transaction_id)}", SquarePaymentResponse, flow="lookup"
         )
         payment = answer.payment
         completed = None
         if payment.refunded_money is None and payment.refund_ids:
             refunds = [await self._read_refund(refund_id) for refund_id in payment.refund_ids]
             completed = sum(r.amount_money.amount for r, _ in refunds if (r.status or "").upper() == "COMPLETED")
-        with _http.reading_answer(NAME, mutating=False, request_id=request_id):
+        with connector.reading_answer(NAME, mutating=False, request_id=request_id):
             return transaction_from_payment(payment, completed_refunds=completed)
 
     async def _read_refund(self, refund_id: str) -> tuple[SquarePaymentRefund, str | None]:
-        answer, request_id = await self._call(
-            "GET", f"/v2/refunds/{_segment(refund_id)}", SquareRefundResponse, flow="get"
+        answer, request_id = await self._api.call(
+            "GET", f"/v2/refunds/{connector.segment(refund_id)}", SquareRefundResponse, flow="get"
         )
         return answer.refund, request_id
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
-        answer, request_id = await self._call(
+        answer, request_id = await self._api.call(
             "POST", "/v2/refunds", SquareRefundResponse, flow="create", json=wire.to_json()
         )
-        return _refund_answer(answer.refund, request_id, mutating=True)
+        return connector.refund_answer(NAME, refund_from_wire, answer.refund, request_id=request_id, mutating=True)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
         refund, request_id = await self._read_refund(processor_refund_id)
-        return _refund_answer(refund, request_id)
+        return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id)
 
     async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
         """The payment's `refund_ids`, each refund read, matched by the id in its `reason`."""
-        answer, _ = await _http.searching(
-            self._call("GET", f"/v2/payments/{_segment(request.transaction_id)}", SquarePaymentResponse, flow="lookup"),
+        answer, _ = await connector.searching(
+            self._api.call("GET", f"/v2/payments/{connector.segment(request.transaction_id)}", SquarePaymentResponse, flow="lookup"),
             processor=NAME,
         )
         found: list[ProcessorRefund] = []
         for refund_id in answer.payment.refund_ids:
-            refund, request_id = await _http.searching(self._read_refund(refund_id), processor=NAME)
+            refund, request_id = await connector.searching(self._read_refund(refund_id), processor=NAME)
             if is_ours(refund, request.refund_id):
-                found.append(_refund_answer(refund, request_id))
-        return _http.the_one_found(found, request, processor=NAME)
+                found.append(connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id))
+        return connector.the_one_found(found, request, processor=NAME)
 
     async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
         """`GET /v2/refunds?begin_time=…` (on `created_at`), oldest first, page by page with `cursor`."""
         begin = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         params = {"begin_time": begin, "sort_order": "ASC"}
         while True:
-            page, request_id = await self._call("GET", "/v2/refunds", SquareRefundList, flow="list", params=params)
+            page, request_id = await self._api.call("GET", "/v2/refunds", SquareRefundList, flow="list", params=params)
             for refund in page.refunds:
-                yield _refund_answer(refund, request_id)
+                yield connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id)
             if not page.cursor:
                 return
             params = {**params, "cursor": page.cursor}

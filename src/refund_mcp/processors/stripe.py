@@ -44,31 +44,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
 
 import httpx2
 from pydantic import SecretStr, ValidationError
 
-from refund_mcp.domain.errors import (
-    Delivery,
-    NotSupported,
-    ProcessorError,
-    ProcessorUnavailable,
-    RefundError,
-    RefundNotFound,
-    TransactionNotFound,
-)
+from refund_mcp.domain.errors import NotSupported, RefundError, RefundNotFound, TransactionNotFound
 from refund_mcp.domain.models import (
-    Capabilities,
-    ProcessorRefund,
-    ProcessorRefundRequest,
-    RefundReason,
-    RefundStatus,
-    TransactionInfo,
+    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
-from refund_mcp.processors import _http
+from refund_mcp.processors import _connector as connector
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
-from refund_mcp.processors._http import M
 
 NAME = "stripe"
 DEFAULT_API_BASE = "https://api.stripe.com"
@@ -81,6 +66,10 @@ KEY_RETENTION = timedelta(hours=24)
 OUR_ID_KEY = "refund_mcp_id"  # the metadata key that names our refund on Stripe's
 _ZERO_DECIMAL = ("BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "VND", "VUV", "XAF", "XOF", "XPF")
 _THREE_DECIMAL = ("BHD", "JOD", "KWD", "OMR", "TND")
+CAPABILITIES = Capabilities(
+    cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=KEY_RETENTION, refund_search=True,
+)
 AMOUNTS = AmountScale(
     processor=NAME,
     decimals={**dict.fromkeys(_ZERO_DECIMAL, 0), **dict.fromkeys(_THREE_DECIMAL, 3)},
@@ -121,7 +110,7 @@ class StripeRefundCreateRequest:
         return pairs
 
 
-_Wire = _http.WireModel
+_Wire = connector.WireModel
 
 
 class StripeRefundResponse(_Wire):
@@ -223,9 +212,7 @@ _REFUSALS = {
 
 
 def refund_status(stripe_status: str | None) -> RefundStatus:
-    """Stripe's refund status to ours. An unknown or missing status is PENDING: it keeps the
-    amount reserved until a known status arrives, which is the safe side for money."""
-    return _STATUS.get((stripe_status or "").lower(), RefundStatus.PENDING)
+    return connector.status_of(_STATUS, stripe_status, upper=False)
 
 
 def stripe_reason(reason: RefundReason) -> str:
@@ -387,188 +374,115 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
     except ValidationError:
         detail = StripeErrorDetail()
     code = detail.code
-    said = f": {detail.message}" if detail.message else ""
+    answer = connector.ErrorAnswer(NAME, status, request_id, f": {detail.message}" if detail.message else "")
     if code == "resource_missing" or status == 404:
         if flow in ("get", "cancel"):
-            return RefundNotFound(f"stripe has no such refund{said}")
-        return TransactionNotFound(f"stripe has no such charge or payment intent{said}")
+            return RefundNotFound(f"stripe has no such refund{answer.said}")
+        return TransactionNotFound(f"stripe has no such charge or payment intent{answer.said}")
     if code == "idempotency_key_in_use":
-        # Another request with this key is still running at Stripe: its outcome is unknown yet.
-        return ProcessorUnavailable(
-            "stripe is still processing an earlier request with this idempotency key; retry later with the same key",
-            processor=NAME,
-            delivery=Delivery.OUTCOME_UNKNOWN,
-            http_status=status,
-            request_id=request_id,
-            processor_code=code,
-        )
+        return answer.still_processing("an earlier request with this idempotency key", processor_code=code)
     if detail.type == "idempotency_error":
-        return ProcessorError(
-            f"stripe refused the request: this idempotency key was first used with different parameters{said}",
-            processor=NAME,
-            code="idempotency_conflict",
-            http_status=status,
-            request_id=request_id,
-            processor_code=code or detail.type,
-        )
+        what = "the request: this idempotency key was first used with different parameters"
+        return answer.refused(what, code="idempotency_conflict", processor_code=code or detail.type)
     if code in _REFUSALS:
         our_code, explanation = _REFUSALS[code]
-        return ProcessorError(
-            f"stripe refused the refund: {explanation}{said}",
-            processor=NAME,
-            code=our_code,
-            http_status=status,
-            request_id=request_id,
-            processor_code=code,
-        )
+        return answer.refused(f"the refund: {explanation}", code=our_code, processor_code=code)
     if flow == "cancel" and status == 400:
-        return NotSupported(f"stripe can cancel a refund only while it requires action{said}")
-    return ProcessorError(
-        f"stripe refused the request (HTTP {status}, {code or detail.type or 'no code'}){said}",
-        processor=NAME,
-        http_status=status,
-        request_id=request_id,
-        processor_code=code or detail.type,
-    )
+        return NotSupported(f"stripe can cancel a refund only while it requires action{answer.said}")
+    return answer.unmapped(code or detail.type)
 
 
-def _refund_answer(refund: StripeRefundResponse, request_id: str | None, *, mutating: bool = False) -> ProcessorRefund:
-    with _http.reading_answer(NAME, mutating=mutating, request_id=request_id):
-        return refund_from_wire(refund, request_id=request_id)
 
 
-def _request_id(response: httpx2.Response) -> str | None:
-    return response.headers.get(REQUEST_ID_HEADER)
-
-
-def _segment(identifier: str) -> str:
-    """An id as one URL path segment: a stray `/` or `?` cannot reach another endpoint."""
-    return quote(identifier, safe="")
-
+DIALECT = connector.Dialect(NAME, connector.request_id_header(REQUEST_ID_HEADER), error_from_response)
 
 # --------------------------------------------------------------------------- the adapter
 
 
-class StripeProcessor(_http.HttpProcessor):
+class StripeProcessor(connector.HttpProcessor):
     name = NAME
     amounts = AMOUNTS
-    capabilities = Capabilities(
-        cancel=True,
-        status_api=True,
-        lookup_api=True,
-        partial_refunds=True,
-        webhooks=True,
-        idempotency_key_retention=KEY_RETENTION,
-        refund_search=True,
-    )
+    capabilities = CAPABILITIES
 
     def __init__(
         self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
     ) -> None:
-        self._api_key = api_key
-        super().__init__(api_base, http)
+        bearer = connector.StaticCredentials(lambda: {"Authorization": f"Bearer {api_key.get_secret_value()}"})
+        super().__init__(connector.Connection(DIALECT, api_base=api_base, http=http, credentials=bearer))
 
     def __repr__(self) -> str:
         return f"StripeProcessor(api_base={self._base!r})"
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        model: type[M],
-        *,
-        flow: Flow,
-        params: dict[str, str] | None = None,
-        form: list[tuple[str, str]] | None = None,
-        idempotency_key: str | None = None,
-    ) -> tuple[M, str | None]:
-        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
-        content = None
-        if form is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-            content = urlencode(form).encode()
-        if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key
-        request = self._http.build_request(method, self._base + path, params=params, content=content, headers=headers)
-        response = await _http.send(self._http, request, processor=NAME, request_id_of=_request_id)
-        request_id = _request_id(response)
-        body = _http.json_or_none(response)
-        if not response.is_success:
-            raise error_from_response(response.status_code, body, flow=flow, request_id=request_id)
-        parsed = _http.parse_answer(
-            model, body, processor=NAME, response=response, mutating=method == "POST", request_id=request_id
-        )
-        return parsed, request_id
-
     async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
         kind = object_kind(transaction_id)
         if kind is StripeObjectKind.CHARGE:
-            charge, _ = await self._call(
-                "GET", f"/v1/charges/{_segment(transaction_id)}", StripeChargeResponse, flow="lookup"
+            charge, _ = await self._api.call(
+                "GET", f"/v1/charges/{connector.segment(transaction_id)}", StripeChargeResponse, flow="lookup"
             )
-            with _http.reading_answer(NAME, mutating=False):
+            with connector.reading_answer(NAME, mutating=False):
                 return transaction_from_charge(charge, asked_id=transaction_id)
-        intent, _ = await self._call(
+        intent, _ = await self._api.call(
             "GET",
-            f"/v1/payment_intents/{_segment(transaction_id)}",
+            f"/v1/payment_intents/{connector.segment(transaction_id)}",
             StripePaymentIntentResponse,
             flow="lookup",
             params={"expand[]": "latest_charge"},
         )
-        with _http.reading_answer(NAME, mutating=False):
+        with connector.reading_answer(NAME, mutating=False):
             return transaction_from_payment_intent(intent)
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
-        refund, request_id = await self._call(
+        refund, request_id = await self._api.call(
             "POST",
             "/v1/refunds",
             StripeRefundResponse,
             flow="create",
             form=wire.to_form(),
-            idempotency_key=request.idempotency_key,
+            headers={"Idempotency-Key": request.idempotency_key},
         )
-        return _refund_answer(refund, request_id, mutating=True)
+        return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id, mutating=True)
 
     async def get_refund(self, processor_refund_id: str) -> ProcessorRefund:
-        refund, request_id = await self._call(
-            "GET", f"/v1/refunds/{_segment(processor_refund_id)}", StripeRefundResponse, flow="get"
+        refund, request_id = await self._api.call(
+            "GET", f"/v1/refunds/{connector.segment(processor_refund_id)}", StripeRefundResponse, flow="get"
         )
-        return _refund_answer(refund, request_id)
+        return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id)
 
     async def find_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund | None:
         """Every refund of the payment, page by page, matched by `metadata[refund_mcp_id]`."""
         params = refund_list_params(request.transaction_id)
         found: list[ProcessorRefund] = []
         while True:
-            page, request_id = await _http.searching(
-                self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params), processor=NAME
+            page, request_id = await connector.searching(
+                self._api.call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params), processor=NAME
             )
-            found += [_refund_answer(r, request_id) for r in page.data if is_ours(r, request.refund_id)]
+            ours = [refund for refund in page.data if is_ours(refund, request.refund_id)]
+            found += [connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id) for refund in ours]
             if not page.has_more:
-                return _http.the_one_found(found, request, processor=NAME)
+                return connector.the_one_found(found, request, processor=NAME)
             if not page.data:
-                raise _http.truncated_search(NAME, request_id=request_id)
+                raise connector.truncated_search(NAME, request_id=request_id)
             params = {**params, "starting_after": page.data[-1].id}
 
     async def list_refunds(self, since: datetime) -> AsyncIterator[ProcessorRefund]:
         """`GET /v1/refunds?created[gte]=…`, page by page with `starting_after` (the last id seen)."""
         params = {"created[gte]": str(int(since.timestamp())), "limit": str(LIST_PAGE_SIZE)}
         while True:
-            page, request_id = await self._call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params)
+            page, request_id = await self._api.call("GET", "/v1/refunds", StripeRefundList, flow="list", params=params)
             for refund in page.data:
-                yield _refund_answer(refund, request_id)
+                yield connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id)
             if not page.has_more or not page.data:
                 return
             params = {**params, "starting_after": page.data[-1].id}
 
     async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
         # A key derived from the refund makes a retried cancel after a timeout replay the first answer.
-        refund, request_id = await self._call(
+        refund, request_id = await self._api.call(
             "POST",
-            f"/v1/refunds/{_segment(processor_refund_id)}/cancel",
+            f"/v1/refunds/{connector.segment(processor_refund_id)}/cancel",
             StripeRefundResponse,
             flow="cancel",
-            idempotency_key=f"refund-mcp-cancel-{processor_refund_id}",
+            headers={"Idempotency-Key": connector.derived_key("cancel", processor_refund_id)},
         )
-        return _refund_answer(refund, request_id, mutating=True)
+        return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id, mutating=True)
