@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -47,7 +47,7 @@ from refund_mcp.domain.errors import (
     ProcessorUnavailable,
     RefundError,
 )
-from refund_mcp.domain.models import ProcessorRefund, ProcessorRefundRequest, RefundStatus
+from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, IncompleteAnswer
 from refund_mcp.processors.base import Processor
@@ -108,6 +108,8 @@ class ErrorAnswer:
         )
 
 
+ACCEPT_JSON: Mapping[str, str] = {"Accept": "application/json"}
+
 # The adapter's error table: (status, body, *, flow, request_id, **refusal_context) -> the error.
 Refusal = Callable[..., RefundError]
 RequestIdOf = Callable[[httpx2.Response], "str | None"]
@@ -150,10 +152,12 @@ class StaticCredentials:
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """How one processor speaks HTTP, whatever the account: where it puts its request id, how it
-    refuses (its error table), and the headers every request carries (Accept, an API version)."""
+    """What a processor is, whatever the account: what it can do, how it writes amounts, where it
+    puts its request id, how it refuses (its error table), and the headers every request carries."""
 
     processor: str
+    capabilities: Capabilities
+    amounts: AmountScale
     request_id_of: RequestIdOf
     refusal: Refusal
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -181,7 +185,7 @@ class Connection:
         self._owns_http = http is None or owns_http
         self.http = http if http is not None else _http.build_client()
         self._credentials = credentials
-        self._dialect = dialect
+        self.dialect = dialect
         self._headers = {**dialect.headers, **(headers or {})}
 
     async def call(
@@ -215,13 +219,13 @@ class Connection:
             # (it carries the same idempotency key).
             if not (response.status_code == 401 and attempt == 1 and self._credentials.rejected(auth)):
                 break
-        request_id = self._dialect.request_id_of(response)
+        request_id = self.dialect.request_id_of(response)
         if (error := _http.common_status_error(response, processor=self.processor, request_id=request_id)) is not None:
             raise error
         body = _http.json_or_none(response)
         if not response.is_success:
-            context = self._dialect.refusal_context(response) if self._dialect.refusal_context else {}
-            raise self._dialect.refusal(response.status_code, body, flow=flow, request_id=request_id, **context)
+            context = self.dialect.refusal_context(response) if self.dialect.refusal_context else {}
+            raise self.dialect.refusal(response.status_code, body, flow=flow, request_id=request_id, **context)
         parsed = _http.parse_answer(
             model, body, processor=self.processor, response=response, mutating=method == "POST", request_id=request_id
         )
@@ -233,7 +237,8 @@ class Connection:
 
 
 class HttpProcessor(Processor):
-    """A processor adapter over a `Connection`; the adapter adds its mappings and capabilities."""
+    """A processor adapter over a `Connection`; the adapter adds its mappings. Its name, capabilities
+    and amounts are its Dialect's."""
 
     amounts: AmountScale
 
@@ -241,6 +246,9 @@ class HttpProcessor(Processor):
         self._api = connection
         self._http = connection.http
         self._base = connection.base
+        self.name = connection.dialect.processor
+        self.capabilities = connection.dialect.capabilities
+        self.amounts = connection.dialect.amounts
 
     def check_amount(self, amount_minor: int, currency: str) -> None:
         self.amounts.to_wire(amount_minor, currency)
@@ -290,11 +298,43 @@ def refund_answer(
         return mapping(wire, request_id=request_id)
 
 
+def statuses(**words: Iterable[str]) -> dict[str, RefundStatus]:
+    """A processor's refund status table, written as our status -> its words (upper- or lower-case as
+    it writes them): `statuses(succeeded=["COMPLETED"], failed=["FAILED", "REJECTED"])`."""
+    return {word: RefundStatus(ours) for ours, theirs in words.items() for word in theirs}
+
+
 def status_of(table: Mapping[str, RefundStatus], word: str | None, *, upper: bool = True) -> RefundStatus:
     """A processor's refund status to ours. An unknown or missing one is PENDING: it keeps the
     amount reserved until a known status arrives, which is the safe side for money."""
     key = (word or "").upper() if upper else (word or "").lower()
     return table.get(key, RefundStatus.PENDING)
+
+
+# Our reasons in plain words, for processors whose reason is free text the payer or merchant reads.
+REASON_WORDS: Mapping[RefundReason, str] = {
+    RefundReason.DUPLICATE: "Duplicate charge",
+    RefundReason.FRAUDULENT: "Fraudulent charge",
+    RefundReason.REQUESTED_BY_CUSTOMER: "Requested by customer",
+    RefundReason.PRODUCT_NOT_RECEIVED: "Product not received",
+    RefundReason.PRODUCT_DEFECTIVE: "Product defective",
+    RefundReason.SERVICE_ISSUE: "Service issue",
+    RefundReason.GOODWILL: "Goodwill refund",
+}
+
+
+def reasons_as(table: Mapping[str, Iterable[RefundReason]]) -> dict[RefundReason, str]:
+    """A processor's reason enum, written as {its word: our reasons}. Raises ValueError (at import)
+    unless every reason of ours has exactly one word, so a new reason cannot go unmapped."""
+    mapped: dict[RefundReason, str] = {}
+    for word, reasons in table.items():
+        for reason in reasons:
+            if reason in mapped:
+                raise ValueError(f"{reason} is mapped twice")
+            mapped[reason] = word
+    if missing := set(RefundReason) - set(mapped):
+        raise ValueError(f"reasons without a processor word: {sorted(missing)}")
+    return mapped
 
 
 def with_note(text: str, note: str | None) -> str:

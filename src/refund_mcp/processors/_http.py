@@ -32,7 +32,6 @@ for one, echoes part of the API key there).
 from __future__ import annotations
 
 import base64
-
 import contextlib
 import logging
 import math

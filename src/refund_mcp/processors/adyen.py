@@ -41,6 +41,7 @@ from refund_mcp.domain.models import (
     Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors import _connector as connector
+from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default
 
@@ -62,12 +63,6 @@ AMOUNTS = AmountScale(
     source="docs.adyen.com currency codes",
 )
 
-# No refund or payment GET in Checkout (see the module docstring); Idempotency-Key is kept at least
-# 31 days (docs.adyen.com/development-resources/api-idempotency).
-CAPABILITIES = Capabilities(
-    cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True,
-    idempotency_key_retention=timedelta(days=31), refund_search=False,
-)
 
 KnownTransactions = Callable[[str], Awaitable[TransactionInfo | None]]
 
@@ -100,29 +95,25 @@ class AdyenRefundResponse(_Wire):
     merchantAccount: str
     amount: AdyenAmount
     status: str
-    reference: str | None = None
-    merchantRefundReason: str | None = None
 
 
 class AdyenServiceError(_Wire):
-    status: int | None = None
     errorCode: str | None = None
     message: str | None = None
-    errorType: str | None = None
     pspReference: str | None = None
 
 
 # --------------------------------------------------------------------------- pure mapping
 
-_REASON = {
-    RefundReason.DUPLICATE: "DUPLICATE",
-    RefundReason.FRAUDULENT: "FRAUD",
-    RefundReason.REQUESTED_BY_CUSTOMER: "CUSTOMER REQUEST",
-    RefundReason.PRODUCT_NOT_RECEIVED: "CUSTOMER REQUEST",
-    RefundReason.PRODUCT_DEFECTIVE: "RETURN",
-    RefundReason.SERVICE_ISSUE: "OTHER",
-    RefundReason.GOODWILL: "OTHER",
-}
+_REASON = connector.reasons_as(
+    {
+        "DUPLICATE": [RefundReason.DUPLICATE],
+        "FRAUD": [RefundReason.FRAUDULENT],
+        "CUSTOMER REQUEST": [RefundReason.REQUESTED_BY_CUSTOMER, RefundReason.PRODUCT_NOT_RECEIVED],
+        "RETURN": [RefundReason.PRODUCT_DEFECTIVE],  # defective goods are normally sent back
+        "OTHER": [RefundReason.SERVICE_ISSUE, RefundReason.GOODWILL],
+    }
+)
 
 # Adyen `errorCode`s on the refund call that mean something specific to us
 # (docs.adyen.com/development-resources/error-codes). Refusals of accepted refunds (over-refund,
@@ -204,26 +195,26 @@ def _request_id(response: httpx2.Response) -> str | None:
     return psp if isinstance(psp, str) else None
 
 
-DIALECT = connector.Dialect(
-    NAME, _request_id, error_from_response, headers={"Accept": "application/json"}, refusal_context=_transient
-)
 
 # --------------------------------------------------------------------------- the adapter
 
+# No refund or payment GET in Checkout (see the module docstring); Idempotency-Key is kept at least
+# 31 days (docs.adyen.com/development-resources/api-idempotency).
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=False, lookup_api=False, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=timedelta(days=31), refund_search=False,
+)
+DIALECT = connector.Dialect(
+    NAME, CAPABILITIES, AMOUNTS, _request_id, error_from_response, headers=ACCEPT_JSON, refusal_context=_transient
+)
+
 
 class AdyenProcessor(connector.HttpProcessor):
-    name = NAME
-    amounts = AMOUNTS
-    capabilities = CAPABILITIES
+    """One Adyen merchant account: its API key, merchant account and endpoint are all arguments."""
 
     def __init__(
-        self,
-        *,
-        api_key: SecretStr,
-        merchant_account: str,
-        api_base: str = DEFAULT_API_BASE,
-        http: httpx2.AsyncClient | None = None,
-        known_transactions: KnownTransactions | None = None,
+        self, *, api_key: SecretStr, merchant_account: str, api_base: str = DEFAULT_API_BASE,
+        http: httpx2.AsyncClient | None = None, known_transactions: KnownTransactions | None = None,
     ) -> None:
         self._merchant_account = merchant_account
         self._known_transactions = known_transactions
@@ -242,14 +233,9 @@ class AdyenProcessor(connector.HttpProcessor):
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request, merchant_account=self._merchant_account)
-        refund, _ = await self._api.call(
-            "POST",
-            f"/payments/{connector.segment(request.transaction_id)}/refunds",
-            AdyenRefundResponse,
-            flow="create",
-            json=wire.to_json(),
-            headers={"Idempotency-Key": request.idempotency_key},
-        )
+        path = f"/payments/{connector.segment(request.transaction_id)}/refunds"
+        key = {"Idempotency-Key": request.idempotency_key}
+        refund, _ = await self._api.call("POST", path, AdyenRefundResponse, flow="create", json=wire.to_json(), headers=key)
         with connector.reading_answer(NAME, mutating=True, request_id=refund.pspReference):
             return refund_from_wire(refund)
 

@@ -46,6 +46,7 @@ from refund_mcp.domain.models import (
     Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors import _connector as connector
+from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 
@@ -59,12 +60,6 @@ NOTE_TO_PAYER_MAX = 255
 VERIFY_WEBHOOK_PATH = "/v1/notifications/verify-webhook-signature"
 
 Flow = Literal["lookup", "create", "get", "verify"]
-# No cancel and no refund search in Payments v2 (see the module docstring); PayPal keeps a
-# PayPal-Request-Id for 45 days (developer.paypal.com/reference/guidelines/idempotency).
-CAPABILITIES = Capabilities(
-    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
-    idempotency_key_retention=timedelta(days=45), refund_search=False,
-)
 AMOUNTS = AmountScale(
     processor=NAME,
     decimals={"HUF": 0, "JPY": 0, "TWD": 0},
@@ -101,18 +96,25 @@ class PayPalTokenResponse(_Wire):
         return f"PayPalTokenResponse(token_type={self.token_type!r}, expires_in={self.expires_in!r})"
 
 
+class PayPalErrorDetail(_Wire):
+    issue: str | None = None
+    description: str | None = None
+
+
+class PayPalErrorResponse(_Wire):
+    name: str | None = None
+    message: str | None = None
+    debug_id: str | None = None
+    details: list[PayPalErrorDetail] = []
+
+
 class PayPalLink(_Wire):
     href: str
     rel: str
-    method: str | None = None
 
 
 class PayPalStatusDetails(_Wire):
     reason: str | None = None
-
-
-class PayPalSellerPayableBreakdown(_Wire):
-    total_refunded_amount: PayPalMoney | None = None
 
 
 class PayPalRefundResponse(_Wire):
@@ -121,12 +123,10 @@ class PayPalRefundResponse(_Wire):
     id: str
     status: str | None = None
     status_details: PayPalStatusDetails | None = None
+    links: list[PayPalLink] = []  # "up" names the capture
     amount: PayPalMoney | None = None
     custom_id: str | None = None
     create_time: str | None = None
-    update_time: str | None = None
-    seller_payable_breakdown: PayPalSellerPayableBreakdown | None = None
-    links: list[PayPalLink] = []
 
 
 class PayPalCaptureResponse(_Wire):
@@ -137,7 +137,6 @@ class PayPalCaptureResponse(_Wire):
     amount: PayPalMoney | None = None
     invoice_id: str | None = None
     custom_id: str | None = None
-    final_capture: bool | None = None
     create_time: str | None = None
 
 
@@ -147,37 +146,12 @@ class PayPalVerifyWebhookSignatureResponse(_Wire):
     verification_status: str
 
 
-class PayPalErrorDetail(_Wire):
-    issue: str | None = None
-    description: str | None = None
-    field: str | None = None
-
-
-class PayPalErrorResponse(_Wire):
-    name: str | None = None
-    message: str | None = None
-    debug_id: str | None = None
-    details: list[PayPalErrorDetail] = []
-
-
 # --------------------------------------------------------------------------- pure mapping
 
-_STATUS = {
-    "COMPLETED": RefundStatus.SUCCEEDED,
-    "PENDING": RefundStatus.PENDING,
-    "FAILED": RefundStatus.FAILED,
-    "CANCELLED": RefundStatus.CANCELLED,
-}
+_STATUS = connector.statuses(succeeded=["COMPLETED"], pending=["PENDING"], failed=["FAILED"], cancelled=["CANCELLED"])
 
-_REASON_TEXT = {
-    RefundReason.DUPLICATE: "Duplicate charge",
-    RefundReason.FRAUDULENT: "Fraudulent charge",
-    RefundReason.REQUESTED_BY_CUSTOMER: "Refund requested by you",
-    RefundReason.PRODUCT_NOT_RECEIVED: "Product not received",
-    RefundReason.PRODUCT_DEFECTIVE: "Product defective",
-    RefundReason.SERVICE_ISSUE: "Service issue",
-    RefundReason.GOODWILL: "Goodwill refund",
-}
+# The payer reads `note_to_payer`, so the customer's own request is worded to them.
+_REASON_TEXT = {**connector.REASON_WORDS, RefundReason.REQUESTED_BY_CUSTOMER: "Refund requested by you"}
 
 # 422 `issue` -> our code (schema `captures.refund-422`); anything else is processor_error.
 _ISSUES = {
@@ -353,7 +327,6 @@ def _request_id(response: httpx2.Response) -> str | None:
     return debug_id if isinstance(debug_id, str) else None
 
 
-DIALECT = connector.Dialect(NAME, _request_id, error_from_response, headers={"Accept": "application/json"})
 
 
 class PayPalToken:
@@ -436,18 +409,22 @@ class PayPalToken:
 
 # --------------------------------------------------------------------------- the adapter
 
+# No cancel and no refund search in Payments v2 (see the module docstring); PayPal keeps a
+# PayPal-Request-Id for 45 days (developer.paypal.com/reference/guidelines/idempotency).
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=timedelta(days=45), refund_search=False,
+)
+DIALECT = connector.Dialect(
+    NAME, CAPABILITIES, AMOUNTS, request_id_of=_request_id, refusal=error_from_response, headers=ACCEPT_JSON
+)
+
 
 class PayPalProcessor(connector.HttpProcessor):
-    name = NAME
-    amounts = AMOUNTS
-    capabilities = CAPABILITIES
+    """One PayPal REST app: its client id and secret (for the OAuth token) and its endpoint."""
 
     def __init__(
-        self,
-        *,
-        client_id: str,
-        client_secret: SecretStr,
-        api_base: str = DEFAULT_API_BASE,
+        self, *, client_id: str, client_secret: SecretStr, api_base: str = DEFAULT_API_BASE,
         http: httpx2.AsyncClient | None = None,
     ) -> None:
         self._client_id = client_id
@@ -476,13 +453,10 @@ class PayPalProcessor(connector.HttpProcessor):
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
+        path = f"/v2/payments/captures/{connector.segment(request.transaction_id)}/refund"
+        headers = {"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"}
         refund, request_id = await self._api.call(
-            "POST",
-            f"/v2/payments/captures/{connector.segment(request.transaction_id)}/refund",
-            PayPalRefundResponse,
-            flow="create",
-            json=wire.to_json(),
-            headers={"PayPal-Request-Id": request.idempotency_key, "Prefer": "return=representation"},
+            "POST", path, PayPalRefundResponse, flow="create", json=wire.to_json(), headers=headers
         )
         with connector.reading_answer(NAME, mutating=True, request_id=request_id):
             answer = refund_from_wire(refund, request_id=request_id)
@@ -515,13 +489,8 @@ class PayPalProcessor(connector.HttpProcessor):
         refuses the request (ProcessorError with HTTP 400/422 for values that cannot be a PayPal
         transmission), or another RefundError for an answer that makes no sense here (404)."""
         body = verify_webhook_request_body(
-            auth_algo=auth_algo,
-            cert_url=cert_url,
-            transmission_id=transmission_id,
-            transmission_sig=transmission_sig,
-            transmission_time=transmission_time,
-            webhook_id=webhook_id,
-            raw_event=raw_event,
+            auth_algo=auth_algo, cert_url=cert_url, transmission_id=transmission_id, transmission_sig=transmission_sig,
+            transmission_time=transmission_time, webhook_id=webhook_id, raw_event=raw_event,
         )
         answer, _ = await self._api.call(
             "POST", VERIFY_WEBHOOK_PATH, PayPalVerifyWebhookSignatureResponse, flow="verify", content=body

@@ -62,13 +62,8 @@ def demo_transaction_ids() -> list[str]:
 class SandboxProcessor(Processor):
     name = "sandbox"
     capabilities = Capabilities(
-        cancel=True,
-        status_api=True,
-        lookup_api=True,
-        partial_refunds=True,
-        webhooks=False,
-        idempotency_key_retention=None,
-        refund_search=True,
+        cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=False,
+        idempotency_key_retention=None, refund_search=True,
     )
 
     def __init__(self, now: datetime | None = None) -> None:

@@ -38,6 +38,7 @@ from refund_mcp.domain.models import (
     Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors import _connector as connector
+from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 
 NAME = "square"
@@ -48,12 +49,6 @@ REASON_MAX = 192
 REQUEST_ID_HEADER = "x-request-id"
 
 Flow = Literal["lookup", "create", "get", "list"]
-# Square has no cancel for a PaymentRefund; it does not publish how long it keeps idempotency
-# keys (developer forum, thread 28309), which is why our id travels in the refund's reason.
-CAPABILITIES = Capabilities(
-    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
-    idempotency_key_retention=None, refund_search=True,
-)
 AMOUNTS = AmountScale(processor=NAME, decimals={}, default=Default.ISO, source="Square's Money: ISO 4217 minor units")
 
 
@@ -84,7 +79,6 @@ class SquarePaymentRefund(_Wire):
     payment_id: str | None = None
     reason: str | None = None
     created_at: str | None = None
-    updated_at: str | None = None
 
 
 class SquareRefundResponse(_Wire):
@@ -103,12 +97,13 @@ class SquareRefundList(_Wire):
 class SquarePayment(_Wire):
     id: str
     status: str | None = None
-    refund_ids: list[str] = []  # Square omits an empty list
     amount_money: SquareMoney | None = None
     tip_money: SquareMoney | None = None
     total_money: SquareMoney | None = None
+    refund_ids: list[str] = []  # Square omits an empty list
     refunded_money: SquareMoney | None = None
     created_at: str | None = None
+    # Who paid and what for: shown to the agent as data (customer_ref, description).
     buyer_email_address: str | None = None
     customer_id: str | None = None
     note: str | None = None
@@ -119,10 +114,8 @@ class SquarePaymentResponse(_Wire):
 
 
 class SquareError(_Wire):
-    category: str | None = None
     code: str | None = None
     detail: str | None = None
-    field: str | None = None
 
 
 class SquareErrorResponse(_Wire):
@@ -131,22 +124,9 @@ class SquareErrorResponse(_Wire):
 
 # --------------------------------------------------------------------------- pure mapping
 
-_STATUS = {
-    "PENDING": RefundStatus.PENDING,
-    "COMPLETED": RefundStatus.SUCCEEDED,
-    "REJECTED": RefundStatus.FAILED,
-    "FAILED": RefundStatus.FAILED,
-}
+_STATUS = connector.statuses(pending=["PENDING"], succeeded=["COMPLETED"], failed=["REJECTED", "FAILED"])
 
-_REASON_TEXT = {
-    RefundReason.DUPLICATE: "Duplicate charge",
-    RefundReason.FRAUDULENT: "Fraudulent charge",
-    RefundReason.REQUESTED_BY_CUSTOMER: "Requested by customer",
-    RefundReason.PRODUCT_NOT_RECEIVED: "Product not received",
-    RefundReason.PRODUCT_DEFECTIVE: "Product defective",
-    RefundReason.SERVICE_ISSUE: "Service issue",
-    RefundReason.GOODWILL: "Goodwill refund",
-}
+_REASON_TEXT = connector.REASON_WORDS
 
 # Square error code -> our code. REFUND_ALREADY_PENDING is a plain processor_error on purpose:
 # it says another refund is in flight, not that ours was made.
@@ -269,25 +249,26 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
 
 
 
-DIALECT = connector.Dialect(
-    NAME, connector.request_id_header(REQUEST_ID_HEADER), error_from_response, headers={"Accept": "application/json"}
-)
 
 # --------------------------------------------------------------------------- the adapter
 
+# Square has no cancel for a PaymentRefund; it does not publish how long it keeps idempotency
+# keys (developer forum, thread 28309), which is why our id travels in the refund's reason.
+CAPABILITIES = Capabilities(
+    cancel=False, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=None, refund_search=True,
+)
+DIALECT = connector.Dialect(
+    NAME, CAPABILITIES, AMOUNTS, connector.request_id_header(REQUEST_ID_HEADER), error_from_response, headers=ACCEPT_JSON
+)
+
 
 class SquareProcessor(connector.HttpProcessor):
-    name = NAME
-    amounts = AMOUNTS
-    capabilities = CAPABILITIES
+    """One Square seller's access token, the API version it pins, and the endpoint."""
 
     def __init__(
-        self,
-        *,
-        access_token: SecretStr,
-        api_base: str = DEFAULT_API_BASE,
-        square_version: str = DEFAULT_SQUARE_VERSION,
-        http: httpx2.AsyncClient | None = None,
+        self, *, access_token: SecretStr, api_base: str = DEFAULT_API_BASE,
+        square_version: str = DEFAULT_SQUARE_VERSION, http: httpx2.AsyncClient | None = None,
     ) -> None:
         self._square_version = square_version
         token = connector.StaticCredentials(lambda: {"Authorization": f"Bearer {access_token.get_secret_value()}"})

@@ -66,10 +66,6 @@ KEY_RETENTION = timedelta(hours=24)
 OUR_ID_KEY = "refund_mcp_id"  # the metadata key that names our refund on Stripe's
 _ZERO_DECIMAL = ("BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "VND", "VUV", "XAF", "XOF", "XPF")
 _THREE_DECIMAL = ("BHD", "JOD", "KWD", "OMR", "TND")
-CAPABILITIES = Capabilities(
-    cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
-    idempotency_key_retention=KEY_RETENTION, refund_search=True,
-)
 AMOUNTS = AmountScale(
     processor=NAME,
     decimals={**dict.fromkeys(_ZERO_DECIMAL, 0), **dict.fromkeys(_THREE_DECIMAL, 3)},
@@ -174,8 +170,6 @@ class StripeErrorDetail(_Wire):
     type: str | None = None
     code: str | None = None
     message: str | None = None
-    param: str | None = None
-    decline_code: str | None = None
 
 
 class StripeErrorResponse(_Wire):
@@ -184,23 +178,18 @@ class StripeErrorResponse(_Wire):
 
 # --------------------------------------------------------------------------- pure mapping
 
-_STATUS = {
-    "pending": RefundStatus.PENDING,
-    "requires_action": RefundStatus.REQUIRES_ACTION,
-    "succeeded": RefundStatus.SUCCEEDED,
-    "failed": RefundStatus.FAILED,
-    "canceled": RefundStatus.CANCELLED,
-}
+_STATUS = connector.statuses(
+    pending=["pending"], requires_action=["requires_action"], succeeded=["succeeded"], failed=["failed"], cancelled=["canceled"]
+)
 
-_REASON = {
-    RefundReason.DUPLICATE: "duplicate",
-    RefundReason.FRAUDULENT: "fraudulent",
-    RefundReason.REQUESTED_BY_CUSTOMER: "requested_by_customer",
-    RefundReason.PRODUCT_NOT_RECEIVED: "requested_by_customer",
-    RefundReason.PRODUCT_DEFECTIVE: "requested_by_customer",
-    RefundReason.SERVICE_ISSUE: "requested_by_customer",
-    RefundReason.GOODWILL: "requested_by_customer",
-}
+_REASON = connector.reasons_as(
+    {
+        "duplicate": [RefundReason.DUPLICATE],
+        "fraudulent": [RefundReason.FRAUDULENT],
+        # Every other reason of ours is a refund the customer asked for or the merchant made for them.
+        "requested_by_customer": [r for r in RefundReason if r not in (RefundReason.DUPLICATE, RefundReason.FRAUDULENT)],
+    }
+)
 
 # Stripe error code -> (our code, what to tell the caller)
 _REFUSALS = {
@@ -394,15 +383,21 @@ def error_from_response(status: int, body: Any, *, flow: Flow, request_id: str |
 
 
 
-DIALECT = connector.Dialect(NAME, connector.request_id_header(REQUEST_ID_HEADER), error_from_response)
 
 # --------------------------------------------------------------------------- the adapter
 
+CAPABILITIES = Capabilities(
+    cancel=True, status_api=True, lookup_api=True, partial_refunds=True, webhooks=True,
+    idempotency_key_retention=KEY_RETENTION, refund_search=True,
+)
+DIALECT = connector.Dialect(
+    NAME, CAPABILITIES, AMOUNTS, request_id_of=connector.request_id_header(REQUEST_ID_HEADER), refusal=error_from_response
+)
+
 
 class StripeProcessor(connector.HttpProcessor):
-    name = NAME
-    amounts = AMOUNTS
-    capabilities = CAPABILITIES
+    """One Stripe account: its secret key and endpoint (a Connect account would add its
+    `Stripe-Account` header through `Connection(headers=…)`)."""
 
     def __init__(
         self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
@@ -433,13 +428,9 @@ class StripeProcessor(connector.HttpProcessor):
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         wire = build_refund_request(request)
+        key = {"Idempotency-Key": request.idempotency_key}
         refund, request_id = await self._api.call(
-            "POST",
-            "/v1/refunds",
-            StripeRefundResponse,
-            flow="create",
-            form=wire.to_form(),
-            headers={"Idempotency-Key": request.idempotency_key},
+            "POST", "/v1/refunds", StripeRefundResponse, flow="create", form=wire.to_form(), headers=key
         )
         return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id, mutating=True)
 
@@ -478,11 +469,7 @@ class StripeProcessor(connector.HttpProcessor):
 
     async def cancel_refund(self, processor_refund_id: str) -> ProcessorRefund:
         # A key derived from the refund makes a retried cancel after a timeout replay the first answer.
-        refund, request_id = await self._api.call(
-            "POST",
-            f"/v1/refunds/{connector.segment(processor_refund_id)}/cancel",
-            StripeRefundResponse,
-            flow="cancel",
-            headers={"Idempotency-Key": connector.derived_key("cancel", processor_refund_id)},
-        )
+        path = f"/v1/refunds/{connector.segment(processor_refund_id)}/cancel"
+        key = {"Idempotency-Key": connector.derived_key("cancel", processor_refund_id)}
+        refund, request_id = await self._api.call("POST", path, StripeRefundResponse, flow="cancel", headers=key)
         return connector.refund_answer(NAME, refund_from_wire, refund, request_id=request_id, mutating=True)
