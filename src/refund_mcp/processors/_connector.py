@@ -304,6 +304,30 @@ def statuses(**words: Iterable[str]) -> dict[str, RefundStatus]:
     return {word: RefundStatus(ours) for ours, theirs in words.items() for word in theirs}
 
 
+def processor_refund(
+    table: Mapping[str, RefundStatus],
+    word: str | None,
+    *,
+    refund_id: str,
+    amount_minor: int,
+    currency: str,
+    request_id: str | None,
+    upper: bool = True,
+    **details: Any,
+) -> ProcessorRefund:
+    """A refund as the processor reports it: its own status word kept for the audit trail and mapped
+    through its table. `details`: failure_reason, transaction_id, created_at."""
+    return ProcessorRefund(
+        processor_refund_id=refund_id,
+        status=status_of(table, word, upper=upper),
+        amount_minor=amount_minor,
+        currency=currency,
+        processor_status=word or "unknown",
+        request_id=request_id,
+        **details,
+    )
+
+
 def status_of(table: Mapping[str, RefundStatus], word: str | None, *, upper: bool = True) -> RefundStatus:
     """A processor's refund status to ours. An unknown or missing one is PENDING: it keeps the
     amount reserved until a known status arrives, which is the safe side for money."""

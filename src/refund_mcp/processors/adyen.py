@@ -37,11 +37,8 @@ import httpx2
 from pydantic import SecretStr, ValidationError
 
 from refund_mcp.domain.errors import NotSupported, RefundError, TransactionNotFound
-from refund_mcp.domain.models import (
-    Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
-)
+from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, TransactionInfo
 from refund_mcp.processors import _connector as connector
-from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default
 
@@ -126,6 +123,11 @@ _ERROR_CODES = {
 IN_PROGRESS_CODE = "704"  # "request already processed or in progress" (API idempotency docs)
 
 
+# "received" is the only status the refunds call answers, and it only means Adyen will process the
+# refund: it stays pending until a REFUND webhook says how it ended.
+_STATUS = connector.statuses(pending=["received"])
+
+
 def adyen_reason(reason: RefundReason) -> str:
     return _REASON[reason]
 
@@ -145,14 +147,10 @@ def refund_from_wire(refund: AdyenRefundResponse) -> ProcessorRefund:
     """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
     # "received" only means Adyen will process it: never report success before the webhook says so.
     currency = refund.amount.currency.upper()
-    return ProcessorRefund(
-        processor_refund_id=refund.pspReference,
-        status=RefundStatus.PENDING,
-        amount_minor=AMOUNTS.from_wire(refund.amount.value, currency, what="refund amount"),
-        currency=currency,
-        processor_status=refund.status,
-        request_id=refund.pspReference,
-        transaction_id=refund.paymentPspReference,
+    amount = AMOUNTS.from_wire(refund.amount.value, currency, what="refund amount")
+    return connector.processor_refund(
+        _STATUS, refund.status, refund_id=refund.pspReference, amount_minor=amount, currency=currency,
+        request_id=refund.pspReference, transaction_id=refund.paymentPspReference,
     )
 
 
@@ -205,7 +203,7 @@ CAPABILITIES = Capabilities(
     idempotency_key_retention=timedelta(days=31), refund_search=False,
 )
 DIALECT = connector.Dialect(
-    NAME, CAPABILITIES, AMOUNTS, _request_id, error_from_response, headers=ACCEPT_JSON, refusal_context=_transient
+    NAME, CAPABILITIES, AMOUNTS, _request_id, error_from_response, headers=connector.ACCEPT_JSON, refusal_context=_transient
 )
 
 

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx2
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 
 from refund_mcp.domain.errors import (
     Delivery, ProcessorAuthFailed, ProcessorCallError, ProcessorError, ProcessorUnavailable, RefundError,
@@ -46,11 +46,11 @@ from refund_mcp.domain.models import (
     Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors import _connector as connector
-from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors import _http
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 
 NAME = "paypal"
+Flow = Literal["lookup", "create", "get", "verify"]
 DEFAULT_API_BASE = "https://api-m.sandbox.paypal.com"
 DEBUG_ID_HEADER = "Paypal-Debug-Id"
 TOKEN_PATH = "/v1/oauth2/token"
@@ -59,7 +59,6 @@ TOKEN_REFRESH_MARGIN_SECONDS = 120.0
 NOTE_TO_PAYER_MAX = 255
 VERIFY_WEBHOOK_PATH = "/v1/notifications/verify-webhook-signature"
 
-Flow = Literal["lookup", "create", "get", "verify"]
 AMOUNTS = AmountScale(
     processor=NAME,
     decimals={"HUF": 0, "JPY": 0, "TWD": 0},
@@ -76,15 +75,15 @@ _Wire = connector.WireModel
 
 class PayPalMoney(_Wire):
     currency_code: str
-    value: str | None = None  # required by PayPal; absent is an incomplete answer, never 0
+    value: str | None = Field(None, description="required by PayPal: absent is an incomplete answer, never 0")
 
 
 class PayPalRefundRequest(_Wire):
     """Body of `POST /v2/payments/captures/{capture_id}/refund` (schema `refund_request`)."""
 
     amount: PayPalMoney | None = None
-    custom_id: str | None = None
-    note_to_payer: str | None = None
+    custom_id: str | None = Field(None, description="our refund id: PayPal's reconciliation field")
+    note_to_payer: str | None = Field(None, description="shown to the payer")
 
 
 class PayPalTokenResponse(_Wire):
@@ -134,8 +133,8 @@ class PayPalCaptureResponse(_Wire):
 
     id: str
     status: str
-    amount: PayPalMoney | None = None
-    invoice_id: str | None = None
+    amount: PayPalMoney | None = Field(None, description="required by PayPal: absent is an incomplete answer")
+    invoice_id: str | None = Field(None, description="the merchant's invoice, shown as the description")
     custom_id: str | None = None
     create_time: str | None = None
 
@@ -208,16 +207,11 @@ def refund_from_wire(refund: PayPalRefundResponse, *, request_id: str | None) ->
     if refund.amount is None:
         raise IncompleteAnswer("paypal's refund has no amount")
     currency = refund.amount.currency_code.upper()
-    return ProcessorRefund(
-        processor_refund_id=refund.id,
-        status=refund_status(refund.status),
-        amount_minor=AMOUNTS.from_decimal(refund.amount.value, currency, what="refund amount"),
-        currency=currency,
-        processor_status=refund.status or "unknown",
-        request_id=request_id,
+    amount = AMOUNTS.from_decimal(refund.amount.value, currency, what="refund amount")
+    return connector.processor_refund(
+        _STATUS, refund.status, refund_id=refund.id, amount_minor=amount, currency=currency, request_id=request_id,
         failure_reason=refund.status_details.reason if refund.status_details else None,
-        transaction_id=_capture_id_from_links(refund.links),
-        created_at=connector.rfc3339(refund.create_time),
+        transaction_id=_capture_id_from_links(refund.links), created_at=connector.rfc3339(refund.create_time),
     )
 
 
@@ -416,7 +410,7 @@ CAPABILITIES = Capabilities(
     idempotency_key_retention=timedelta(days=45), refund_search=False,
 )
 DIALECT = connector.Dialect(
-    NAME, CAPABILITIES, AMOUNTS, request_id_of=_request_id, refusal=error_from_response, headers=ACCEPT_JSON
+    NAME, CAPABILITIES, AMOUNTS, request_id_of=_request_id, refusal=error_from_response, headers=connector.ACCEPT_JSON
 )
 
 

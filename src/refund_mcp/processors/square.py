@@ -31,24 +31,23 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx2
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 
 from refund_mcp.domain.errors import RefundError, RefundNotFound, TransactionNotFound
 from refund_mcp.domain.models import (
     Capabilities, ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus, TransactionInfo,
 )
 from refund_mcp.processors import _connector as connector
-from refund_mcp.processors._connector import ACCEPT_JSON
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 
 NAME = "square"
+Flow = Literal["lookup", "create", "get", "list"]
 DEFAULT_API_BASE = "https://connect.squareupsandbox.com"
 DEFAULT_SQUARE_VERSION = "2025-08-20"
 IDEMPOTENCY_KEY_MAX = 45
 REASON_MAX = 192
 REQUEST_ID_HEADER = "x-request-id"
 
-Flow = Literal["lookup", "create", "get", "list"]
 AMOUNTS = AmountScale(processor=NAME, decimals={}, default=Default.ISO, source="Square's Money: ISO 4217 minor units")
 
 
@@ -99,9 +98,9 @@ class SquarePayment(_Wire):
     status: str | None = None
     amount_money: SquareMoney | None = None
     tip_money: SquareMoney | None = None
-    total_money: SquareMoney | None = None
-    refund_ids: list[str] = []  # Square omits an empty list
-    refunded_money: SquareMoney | None = None
+    total_money: SquareMoney | None = Field(None, description="amount_money plus tip_money")
+    refund_ids: list[str] = Field([], description="every refund of the payment; left out while there is none")
+    refunded_money: SquareMoney | None = Field(None, description="completed refunds; left out until one completes")
     created_at: str | None = None
     # Who paid and what for: shown to the agent as data (customer_ref, description).
     buyer_email_address: str | None = None
@@ -173,16 +172,11 @@ def build_refund_request(request: ProcessorRefundRequest) -> SquareRefundRequest
 def refund_from_wire(refund: SquarePaymentRefund, *, request_id: str | None) -> ProcessorRefund:
     """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
     currency = refund.amount_money.currency.upper()
-    return ProcessorRefund(
-        processor_refund_id=refund.id,
-        status=refund_status(refund.status),
-        amount_minor=AMOUNTS.from_wire(refund.amount_money.amount, currency, what="refund amount_money"),
-        currency=currency,
-        processor_status=refund.status or "unknown",
-        request_id=request_id,
+    amount = AMOUNTS.from_wire(refund.amount_money.amount, currency, what="refund amount_money")
+    return connector.processor_refund(
+        _STATUS, refund.status, refund_id=refund.id, amount_minor=amount, currency=currency, request_id=request_id,
         failure_reason=refund.status if refund.status in ("REJECTED", "FAILED") else None,
-        transaction_id=refund.payment_id,
-        created_at=connector.rfc3339(refund.created_at),
+        transaction_id=refund.payment_id, created_at=connector.rfc3339(refund.created_at),
     )
 
 
@@ -259,7 +253,7 @@ CAPABILITIES = Capabilities(
     idempotency_key_retention=None, refund_search=True,
 )
 DIALECT = connector.Dialect(
-    NAME, CAPABILITIES, AMOUNTS, connector.request_id_header(REQUEST_ID_HEADER), error_from_response, headers=ACCEPT_JSON
+    NAME, CAPABILITIES, AMOUNTS, connector.request_id_header(REQUEST_ID_HEADER), error_from_response, headers=connector.ACCEPT_JSON
 )
 
 

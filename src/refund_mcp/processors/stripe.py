@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx2
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 
 from refund_mcp.domain.errors import NotSupported, RefundError, RefundNotFound, TransactionNotFound
 from refund_mcp.domain.models import (
@@ -56,10 +56,10 @@ from refund_mcp.processors import _connector as connector
 from refund_mcp.processors._amounts import AmountScale, Default, IncompleteAnswer
 
 NAME = "stripe"
+Flow = Literal["lookup", "create", "get", "cancel", "list"]
 DEFAULT_API_BASE = "https://api.stripe.com"
 REQUEST_ID_HEADER = "Request-Id"
 
-Flow = Literal["lookup", "create", "get", "cancel", "list"]
 LIST_PAGE_SIZE = 100  # Stripe's maximum `limit`
 # docs.stripe.com/api/idempotent_requests: "keys are eligible to be removed ... after they're at least 24 hours old".
 KEY_RETENTION = timedelta(hours=24)
@@ -138,7 +138,7 @@ class StripeChargeResponse(_Wire):
 
     id: str
     amount: int | None = None
-    amount_captured: int | None = None
+    amount_captured: int | None = Field(None, description="left out by older API versions; see `captured`")
     amount_refunded: int | None = None
     captured: bool | None = None
     currency: str
@@ -163,7 +163,7 @@ class StripePaymentIntentResponse(_Wire):
     customer: str | dict[str, Any] | None = None
     receipt_email: str | None = None
     description: str | None = None
-    latest_charge: StripeChargeResponse | str | None = None
+    latest_charge: StripeChargeResponse | str | None = Field(None, description="expanded: the charge holding the money")
 
 
 class StripeErrorDetail(_Wire):
@@ -245,16 +245,11 @@ def _timestamp(epoch: int | None) -> datetime | None:
 def refund_from_wire(refund: StripeRefundResponse, *, request_id: str | None) -> ProcessorRefund:
     """Raises IncompleteAnswer for an amount refund-mcp cannot hold exactly."""
     currency = refund.currency.upper()
-    return ProcessorRefund(
-        processor_refund_id=refund.id,
-        status=refund_status(refund.status),
-        amount_minor=AMOUNTS.from_wire(refund.amount, currency, what="refund amount"),
-        currency=currency,
-        processor_status=refund.status or "unknown",
-        request_id=request_id,
-        failure_reason=refund.failure_reason,
+    amount = AMOUNTS.from_wire(refund.amount, currency, what="refund amount")
+    return connector.processor_refund(
+        _STATUS, refund.status, refund_id=refund.id, amount_minor=amount, currency=currency, request_id=request_id,
+        upper=False, failure_reason=refund.failure_reason, created_at=_timestamp(refund.created),
         transaction_id=refund.charge or refund.payment_intent,  # the charge is the canonical id
-        created_at=_timestamp(refund.created),
     )
 
 
