@@ -44,13 +44,13 @@ class App:
         if migrate:
             await db.migrate()
 
-        async def known_adyen(bare_id: str) -> TransactionInfo | None:
+        async def known_adyen(bare_id: str, account: str = "adyen") -> TransactionInfo | None:
             async with db.read() as conn:
-                row = await queries.get_transaction(conn, f"adyen:{bare_id}")
+                row = await queries.get_transaction(conn, f"{account}:{bare_id}")
             if row is None:
                 return None
             return TransactionInfo(
-                processor="adyen",
+                processor=account,
                 transaction_id=row.processor_transaction_id,
                 amount_minor=row.amount_minor,
                 currency=row.currency,

@@ -19,7 +19,7 @@ from refund_mcp.domain.errors import (
 )
 from refund_mcp.domain.models import ProcessorRefundRequest, RefundReason, RefundStatus
 from refund_mcp.processors.ucs import mapping
-from refund_mcp.processors.ucs.adapter import parse_target
+from refund_mcp.processors.ucs.config import parse_target
 from refund_mcp.processors.ucs.generated import payment_pb2 as pb
 from tests.fakes.ucs import CONNECTOR_CONFIG
 from tests.support.servers import free_port

@@ -416,9 +416,15 @@ class StripeProcessor(_http.HttpProcessor):
     )
 
     def __init__(
-        self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
+        self,
+        *,
+        api_key: SecretStr,
+        api_base: str = DEFAULT_API_BASE,
+        http: httpx2.AsyncClient | None = None,
+        stripe_account: str | None = None,
     ) -> None:
         self._api_key = api_key
+        self._stripe_account = stripe_account  # a Connect account: acts on its objects with the platform key
         super().__init__(api_base, http)
 
     def __repr__(self) -> str:
@@ -436,6 +442,8 @@ class StripeProcessor(_http.HttpProcessor):
         idempotency_key: str | None = None,
     ) -> tuple[M, str | None]:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        if self._stripe_account is not None:
+            headers["Stripe-Account"] = self._stripe_account
         content = None
         if form is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"

@@ -29,7 +29,6 @@ import json
 import logging
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 from anyio import to_thread
@@ -39,6 +38,7 @@ from refund_mcp.domain.errors import NotSupported
 from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, TransactionInfo
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.ucs import mapping
+from refund_mcp.processors.ucs.config import parse_target
 from refund_mcp.processors.ucs.generated import payment_pb2 as pb
 from refund_mcp.processors.ucs.generated import services_pb2_grpc as services
 
@@ -48,22 +48,10 @@ NAME = "ucs"
 DEFAULT_DEADLINE_SECONDS = 20.0
 DEFAULT_CONNECT_SECONDS = 5.0
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"  # health_check.proto; an empty request asks about the server
-_SCHEMES = {"http": False, "grpc": False, "https": True, "grpcs": True}
 
 
 def _identity(value: bytes) -> bytes:
     return value
-
-
-def parse_target(url: str) -> tuple[str, bool]:
-    """(host:port, tls) from `http://host:port` (plaintext) or `https://host:port` (TLS). Raises ValueError."""
-    parts = urlsplit(url)
-    if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise ValueError(f"a UCS url must be http://host:port (plaintext) or https://host:port (TLS), got {url!r}")
-    tls = _SCHEMES[parts.scheme]
-    port = parts.port or (443 if tls else 50051)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}", tls
 
 
 def secret_values(config: SecretStr) -> list[str]:
