@@ -120,6 +120,8 @@ async def test_two_stripe_accounts_side_by_side_never_mix(world):
     assert denied.is_error and "[policy_denied]" in denied.content[0].text and "limited to USD 15" in denied.content[0].text
     listed = (await world.tool("list_refunds", processor="stripe@eu")).structured_content["refunds"]
     assert [r["refund_id"] for r in listed] == [eu_refund["refund_id"]] and listed[0]["metadata"] == {"ticket": "EU-1"}
+    both = (await world.tool("list_refunds", processor="stripe")).structured_content["refunds"]
+    assert {r["refund_id"] for r in both} == {eu_refund["refund_id"], us_refund["refund_id"]}
     async with world.app.db.read() as conn:
         bodies = (await conn.execute(select(tables.audit_log.c.body).where(tables.audit_log.c.target == eu_refund["refund_id"]))).scalars().all()
     assert any(f"stripe@eu:{SAME_CHARGE}" in body for body in bodies)

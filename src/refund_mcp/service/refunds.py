@@ -994,8 +994,10 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                         txn_ids = [transaction_id]
                     else:
                         txn_ids = [row.id for row in await queries.find_transactions_by_bare_id(conn, transaction_id)]
+                # A processor's name lists all its accounts; an account name, that account.
+                accounts = self._candidates(processor) if processor is not None and processor not in self.processors else None
                 rows = await queries.list_refunds(
-                    conn, status=status, processor=processor, transaction_ids=txn_ids, since=since, after=after, limit=limit + 1
+                    conn, status=status, processor=accounts or processor, transaction_ids=txn_ids, since=since, after=after, limit=limit + 1
                 )
                 await audit.append(conn, AuditEntry(actor=actor, action="refund.list", target=None, outcome="ok", request=request))
             page = rows[:limit]
