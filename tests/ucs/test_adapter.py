@@ -134,6 +134,16 @@ async def test_deadline_after_the_connector_accepted_then_retry_makes_exactly_on
         await processor.aclose()
 
 
+async def test_a_retry_whose_payment_cannot_be_read_is_not_sent_rather_than_declined(ucs):
+    processor = processor_for(ucs.url)  # a new process: no amount remembered from a lookup
+    try:
+        with pytest.raises(ProcessorUnavailable) as caught:
+            await processor.create_refund(refund_request(transaction_id="pay_gone"))
+        assert caught.value.delivery is Delivery.NOT_SENT and ucs.fake.refund_calls() == []
+    finally:
+        await processor.aclose()
+
+
 async def test_no_server_is_not_sent():
     processor = processor_for(f"http://127.0.0.1:{free_port()}", connect_seconds=0.2)
     try:
@@ -190,3 +200,24 @@ def test_unimplemented_lookup_is_not_supported():
 
     assert isinstance(mapping.rpc_error("checkout", grpc.StatusCode.UNIMPLEMENTED, "", flow="lookup"), NotSupported)
     assert isinstance(mapping.rpc_error("checkout", grpc.StatusCode.UNIMPLEMENTED, "", flow="create"), ProcessorCallError)
+
+
+def test_the_fake_flags_requests_that_break_the_proto_contract():
+    import grpc
+
+    from refund_mcp.processors.ucs.generated import services_pb2_grpc as services
+    from tests.fakes.ucs import RunningUcs, UcsFake
+
+    running = RunningUcs(UcsFake())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            request = pb.PaymentServiceRefundRequest(
+                connector_transaction_id="pay_1", refund_amount=pb.Money(minor_amount=5, currency=9999)
+            )
+            metadata = [("x-connector", "checkout"), ("x-connector-config", CONNECTOR_CONFIG)]
+            services.PaymentServiceStub(channel).Refund(request, metadata=metadata, timeout=5)
+    finally:
+        running.stop()
+    found = " | ".join(running.fake.violations)
+    assert "currency=9999 is not a Currency" in found and "merchant_refund_id not ours" in found
+    assert "merchant_request_id missing" in found and "metadata x-request-id missing" in found

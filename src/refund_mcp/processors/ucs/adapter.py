@@ -34,7 +34,7 @@ import grpc
 from anyio import to_thread
 from pydantic import SecretStr
 
-from refund_mcp.domain.errors import NotSupported
+from refund_mcp.domain.errors import Delivery, NotSupported, ProcessorUnavailable, RefundError
 from refund_mcp.domain.models import Capabilities, ProcessorRefund, ProcessorRefundRequest, TransactionInfo
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.ucs import mapping
@@ -198,8 +198,18 @@ class UcsProcessor(Processor):
 
     async def create_refund(self, request: ProcessorRefundRequest) -> ProcessorRefund:
         payment_amount = self._payment_amounts.get(request.transaction_id)
-        if payment_amount is None:  # a retry after a restart: ask again (a read, safe to fail)
-            payment_amount = (await self.lookup_transaction(request.transaction_id)).amount_minor
+        if payment_amount is None:  # a retry after a restart: ask again
+            try:
+                payment_amount = (await self.lookup_transaction(request.transaction_id)).amount_minor
+            except RefundError as exc:
+                # Nothing was sent. Never a decline: an earlier attempt may be at the connector, and a
+                # failed lookup must not mark that refund failed and release its amount.
+                raise ProcessorUnavailable(
+                    f"could not read the payment's amount from {self.account}, which a UCS refund needs; "
+                    "nothing was sent and the refund will be retried",
+                    processor=self.account,
+                    delivery=Delivery.NOT_SENT,
+                ) from exc
         wire = mapping.build_refund_request(request, payment_amount_minor=payment_amount)
         channel = await self._connected()
         response = await self._call(
