@@ -320,18 +320,23 @@ class _Event(services.EventServiceServicer):
 class RunningUcs:
     """The fake listening on 127.0.0.1:`port` until stop()."""
 
-    def __init__(self, fake: UcsFake) -> None:
+    def __init__(self, fake: UcsFake, *, tls: tuple[bytes, bytes] | None = None) -> None:
+        """`tls`: (PEM private key, PEM certificate chain) to serve TLS instead of plaintext."""
         self.fake = fake
+        self.tls = tls is not None
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         services.add_PaymentServiceServicer_to_server(_Payment(fake), self.server)
         services.add_RefundServiceServicer_to_server(_Refund(fake), self.server)
         services.add_EventServiceServicer_to_server(_Event(fake), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("localhost:0", grpc.ssl_server_credentials([tls]))
         self.server.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.fake.release()

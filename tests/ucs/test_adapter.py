@@ -221,3 +221,46 @@ def test_the_fake_flags_requests_that_break_the_proto_contract():
     found = " | ".join(running.fake.violations)
     assert "currency=9999 is not a Currency" in found and "merchant_refund_id not ours" in found
     assert "merchant_request_id missing" in found and "metadata x-request-id missing" in found
+
+
+def self_signed_localhost() -> tuple[bytes, bytes]:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem_key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_tls_with_the_configured_roots_and_refused_without_them():
+    from tests.fakes.ucs import RunningUcs, UcsFake
+
+    key, cert = self_signed_localhost()
+    running = RunningUcs(UcsFake(), tls=(key, cert))
+    running.fake.add_payment("pay_1", 10000)
+    trusting = processor_for(running.url, root_certificates=cert)
+    untrusting = processor_for(running.url, connect_seconds=0.5)  # the system roots do not know this certificate
+    try:
+        assert (await trusting.lookup_transaction("pay_1")).amount_minor == 10000
+        assert (await trusting.create_refund(refund_request())).status is RefundStatus.SUCCEEDED
+        with pytest.raises(ProcessorUnavailable) as caught:
+            await untrusting.create_refund(refund_request("rf_01JABCDEFGHJKMNPQRSTVWXYZ5"))
+        assert caught.value.delivery is Delivery.NOT_SENT and len(running.fake.refunds) == 1
+    finally:
+        await trusting.aclose()
+        await untrusting.aclose()
+        running.stop()
