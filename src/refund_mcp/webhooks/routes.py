@@ -1,4 +1,5 @@
-"""`POST /webhooks/{stripe,paypal,adyen,square}`: read the raw body, verify, parse, apply.
+"""`POST /webhooks/{stripe,paypal,adyen,square}` (the single account) and `/webhooks/{processor}/{label}`
+(account `processor@label`): read the raw body, verify with that account's secret, parse, apply.
 
 What a delivery gets back (the contract: 2xx recorded or replayed, 400 malformed, 401 bad or
 missing signature, 5xx only when it could not be recorded, so the processor retries):
