@@ -27,6 +27,26 @@ def stdio_actor(settings: Settings) -> Any:
     return actor_of
 
 
+def check_policy_processors(policy: PolicyHolder, processors: ProcessorRegistry) -> None:
+    """Refuse a policy naming an account that is neither configured nor a processor: account names are only
+    checked by pattern when the policy is read, and a misspelt one would silently deny its refunds."""
+    from refund_mcp.policy.schema import KNOWN_PROCESSORS
+
+    loaded = policy.engine().loaded.policy
+    named: set[str] = set()
+    for source in (loaded, *loaded.rules, *loaded.actors.values()):
+        named.update(getattr(source, "processors", None) or ())
+    for rule in loaded.rules:
+        named.update(rule.when.processor or () if rule.when is not None else ())
+    known = {*KNOWN_PROCESSORS, "ucs", *processors.names()}
+    unknown = sorted(name for name in named if name not in known)
+    if unknown:
+        raise ValueError(
+            f"the policy names processors or accounts that are not configured: {', '.join(unknown)} "
+            f"(configured: {', '.join(processors.names())})"
+        )
+
+
 @dataclass
 class App:
     settings: Settings
@@ -44,13 +64,13 @@ class App:
         if migrate:
             await db.migrate()
 
-        async def known_adyen(bare_id: str) -> TransactionInfo | None:
+        async def known_adyen(bare_id: str, account: str = "adyen") -> TransactionInfo | None:
             async with db.read() as conn:
-                row = await queries.get_transaction(conn, f"adyen:{bare_id}")
+                row = await queries.get_transaction(conn, f"{account}:{bare_id}")
             if row is None:
                 return None
             return TransactionInfo(
-                processor="adyen",
+                processor=account,
                 transaction_id=row.processor_transaction_id,
                 amount_minor=row.amount_minor,
                 currency=row.currency,
@@ -64,6 +84,7 @@ class App:
             )
 
         processors = ProcessorRegistry.from_settings(settings, http=http, known_adyen=known_adyen)
+        check_policy_processors(policy, processors)
         service = RefundService(db, processors, policy, settings)
         server = build_server(service, stdio_actor(settings))
         return cls(settings, db, processors, policy, service, server)

@@ -28,6 +28,8 @@ from refund_mcp.auth import require_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN
 from refund_mcp.domain.models import RefundReason, RefundStatus
+from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
+from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
 from refund_mcp.service.refunds import Confirmation, RefundInput, RefundService
 from refund_mcp.service.views import PolicyCheckView, RefundPage, RefundView, TransactionView
 
@@ -49,9 +51,25 @@ TransactionId = Annotated[
         "(ch_/pi_ ids are Stripe) together with `processor`.",
     ),
 ]
+# A pattern, not the configured names: the tool list stays the same whatever accounts a deployment has.
 ProcessorName = Annotated[
-    Literal["stripe", "paypal", "adyen", "square", "sandbox"] | None,
-    Field(description="The processor, when transaction_id is a bare id."),
+    str | None,
+    Field(
+        max_length=ACCOUNT_NAME_MAX,
+        pattern=ACCOUNT_NAME_PATTERN,
+        description='The processor or account ("stripe", "stripe@eu", a UCS connector such as "checkout"), '
+        "when transaction_id is a bare id or a processor has several accounts.",
+    ),
+]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=METADATA_KEY_MAX)]
+MetadataValue = Annotated[str, Field(max_length=METADATA_VALUE_MAX)]
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue] | None,
+    Field(
+        max_length=METADATA_MAX_KEYS,
+        description="Up to 10 string keys (≤ 40 characters) with string values (≤ 500), e.g. a support ticket id; "
+        "kept with the refund and sent to processors that store metadata. Keys starting refund_mcp are reserved.",
+    ),
 ]
 AmountMinor = Annotated[
     StrictInt | None,
@@ -193,6 +211,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         customer_ref: Annotated[
             str | None, Field(max_length=320, description="The customer's email or id, as the customer gave it.")
         ] = None,
+        metadata: Metadata = None,
     ) -> RefundView:
         """Refund all or part of a payment. amount_minor is in minor units (2999 = USD 29.99); omit it to refund
         the whole remaining balance. The policy may refuse ([policy_denied]), ask the human in your client to
@@ -209,6 +228,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
             idempotency_key=idempotency_key,
             processor=processor,
             customer_ref=customer_ref,
+            metadata=metadata,
         )
         if isinstance(confirmation, (DeclinedElicitation, CancelledElicitation)):
             word = "declined" if isinstance(confirmation, DeclinedElicitation) else "cancelled"

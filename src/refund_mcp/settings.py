@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -17,6 +18,7 @@ class StripeSettings:
     api_key: SecretStr
     api_base: str = "https://api.stripe.com"
     webhook_secret: SecretStr | None = None
+    stripe_account: str | None = None  # a Connect account: every call sends `Stripe-Account`
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,21 @@ class SquareSettings:
     api_base: str = "https://connect.squareupsandbox.com"
     webhook_signature_key: SecretStr | None = None
     webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class UcsSettings:
+    """One connector behind a Unified Connector Service server (only from the processors file)."""
+
+    url: str  # http://host:port (plaintext) or https://host:port (TLS)
+    connector: str  # the connector's name at UCS (x-connector), e.g. checkout
+    connector_config: SecretStr  # its credentials, JSON (x-connector-config)
+    webhook_secret: SecretStr | None = None
+    merchant_id: str = "refund-mcp"
+    tenant_id: str = "public"
+    ca_file: str | None = None  # PEM roots for TLS; the system's when unset
+    deadline_seconds: float = 20.0
+    connect_seconds: float = 5.0
 
 
 def default_db_url() -> str:
@@ -76,6 +93,8 @@ class Settings:
     paypal: PayPalSettings | None = None
     adyen: AdyenSettings | None = None
     square: SquareSettings | None = None
+    # Named accounts from the processors file (REFUND_MCP_PROCESSORS), beside the single accounts above.
+    accounts: tuple[Any, ...] = ()
     # Retries of queued refunds: exponential backoff with jitter up to this deadline, after which a
     # human decides. Kept well under Stripe's 24 h idempotency-key retention so a retry is always safe.
     retry_deadline_seconds: float = 6 * 3600
@@ -91,10 +110,24 @@ class Settings:
 
     @property
     def configured_processors(self) -> list[str]:
-        names = [name for name in REAL_PROCESSORS if getattr(self, name) is not None]
+        """Every account name: the single accounts from the environment, then the processors file's."""
+        names = [name for name, _, _ in self.all_accounts()]
         if self.sandbox:
             names.append("sandbox")
         return names
+
+    def all_accounts(self) -> list[tuple[str, str, Any]]:
+        """(account name, processor, its settings) for every configured real account."""
+        found = [(name, name, getattr(self, name)) for name in REAL_PROCESSORS if getattr(self, name) is not None]
+        found += [(account.name, account.processor, account.settings) for account in self.accounts]
+        return found
+
+    def account_settings(self, name: str) -> tuple[str, Any] | None:
+        """(processor, settings) of one account, or None when it is not configured."""
+        for account, processor, settings in self.all_accounts():
+            if account == name:
+                return processor, settings
+        return None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,7 +160,16 @@ class Settings:
                 webhook_signature_key=_secret(env, "SQUARE_WEBHOOK_SIGNATURE_KEY"),
                 webhook_url=env.get("SQUARE_WEBHOOK_URL") or None,
             )
-        any_real = any(p is not None for p in (stripe, paypal, adyen, square))
+        accounts: tuple[Any, ...] = ()
+        if processors_file := env.get("REFUND_MCP_PROCESSORS", "").strip():
+            from refund_mcp.processors.accounts import load_accounts
+
+            accounts = load_accounts(Path(processors_file).expanduser(), env)
+        singles = {"stripe": stripe, "paypal": paypal, "adyen": adyen, "square": square}
+        names = [name for name, group in singles.items() if group is not None] + [a.name for a in accounts]
+        if len(set(names)) != len(names):
+            raise ValueError("an account is configured twice (in the environment and in the processors file, or twice in the file)")
+        any_real = bool(names)
         sandbox_flag = env.get("REFUND_MCP_SANDBOX", "").strip().lower()
         sandbox = sandbox_flag in ("1", "true", "yes") or (not any_real and sandbox_flag not in ("0", "false", "no"))
         policy = env.get("REFUND_MCP_POLICY")
@@ -142,6 +184,7 @@ class Settings:
             paypal=paypal,
             adyen=adyen,
             square=square,
+            accounts=accounts,
             retry_deadline_seconds=_float(env, "REFUND_MCP_RETRY_DEADLINE_SECONDS", cls.retry_deadline_seconds),
             retry_base_seconds=_float(env, "REFUND_MCP_RETRY_BASE_SECONDS", cls.retry_base_seconds),
             retry_max_seconds=_float(env, "REFUND_MCP_RETRY_MAX_SECONDS", cls.retry_max_seconds),
@@ -152,9 +195,7 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every configured secret value, for redaction and for the leak-scanning tests."""
         found = []
-        for group in (self.stripe, self.paypal, self.adyen, self.square):
-            if group is None:
-                continue
+        for _, _, group in self.all_accounts():
             for value in vars(group).values():
                 if isinstance(value, SecretStr) and value.get_secret_value():
                     found.append(value.get_secret_value())

@@ -226,11 +226,11 @@ BAD_FILES = [
           - when: {reason: fraudulent}
             approval: {above: {USD: 0}}
           - when:
-              processor: [stripe, venmo]
+              processor: [stripe, "Venmo Pay"]
             deny: true
         """,
         6,
-        "rules[1].when.processor[1]: Input should be 'stripe'",
+        "rules[1].when.processor[1]: String should match pattern",
         id="unknown-processor-in-a-rule",
     ),
     pytest.param(

@@ -36,7 +36,7 @@ EXISTING_REFUND = "<the id of a refund that exists>"
 
 TOOL_ARGUMENTS = {
     "lookup_transaction": ("transaction_id", "processor"),
-    "create_refund": ("transaction_id", "reason", "amount_minor", "currency", "note", "idempotency_key", "processor", "customer_ref"),
+    "create_refund": ("transaction_id", "reason", "amount_minor", "currency", "note", "idempotency_key", "processor", "customer_ref", "metadata"),
     "get_refund_status": ("refund_id", "refresh"),
     "cancel_refund": ("refund_id", "reason"),
     "list_refunds": ("status", "processor", "transaction_id", "since", "limit", "cursor"),
@@ -78,7 +78,11 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "transaction_id": st.sampled_from(
         [*demo_transaction_ids(), "stripe:ch_1", "ch_123", "pi_123", "sandbox:", "sandbox:nope", "SANDBOX:demo_usd_order", "adyen:X"]
     ),
-    "processor": st.sampled_from(["stripe", "paypal", "adyen", "square", "sandbox", "bank", "Sandbox"]),
+    "processor": st.sampled_from(["stripe", "paypal", "adyen", "square", "sandbox", "bank", "Sandbox", "stripe@eu", "checkout"]),
+    "metadata": st.one_of(
+        st.dictionaries(st.text(printable, min_size=1, max_size=45), st.text(printable, max_size=520), max_size=12),
+        st.sampled_from([{"refund_mcp_id": "rf_forged"}, {"ticket": "T-1"}]),
+    ),
     "reason": st.sampled_from([*(reason.value for reason in RefundReason), "", "REFUND", "other"]),
     "amount_minor": st.one_of(st.integers(-5, 20_000), st.sampled_from(INT_EDGES)),
     "currency": st.sampled_from(["USD", "usd", "EUR", "JPY", "KWD", "ZZZ", "US", "", "USDT"]),

@@ -76,6 +76,12 @@ class PolicyRequest:
     actor_daily_minor: int  # this actor's reserved+succeeded refunds in `currency`, last 24 h, excluding this one
     global_daily_minor: int  # all actors, same
     now: datetime
+    # The processor behind the account in `processor` (stripe for stripe@eu, ucs for checkout): a policy
+    # naming the processor covers all of its accounts.
+    processor_kind: str | None = None
+
+    def processor_names(self) -> tuple[str, ...]:
+        return (self.processor,) if self.processor_kind in (None, self.processor) else (self.processor, self.processor_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +251,7 @@ def _processors_check(allowed: Sequence[str] | None, name: str, request: PolicyR
         return RuleResult(
             name, Outcome.ALLOW, f"no processors list, so every processor is allowed, {processor} included"
         )
-    if processor in allowed:
+    if any(candidate in allowed for candidate in request.processor_names()):
         return RuleResult(name, Outcome.ALLOW, f"processor {processor} is allowed")
     return RuleResult(
         name, Outcome.DENY, f"processor {processor} is not among the allowed processors ({', '.join(allowed)})"
@@ -393,7 +399,8 @@ def _match(when: When, request: PolicyRequest) -> tuple[bool, str]:
     ):
         if wanted is not None:
             options = " or ".join(str(option) for option in wanted)
-            conditions.append((actual in wanted, f"{label} is {options}", f"{label} {actual} is not {options}"))
+            holds = any(name in wanted for name in request.processor_names()) if label == "processor" else actual in wanted
+            conditions.append((holds, f"{label} is {options}", f"{label} {actual} is not {options}"))
     if when.amount is not None:
         conditions.extend(_amount_conditions(when.amount.above, when.amount.at_most, request))
     for holds, _, failing in conditions:

@@ -41,7 +41,13 @@ KNOWN_PROCESSORS = ("stripe", "paypal", "adyen", "square", "sandbox")
 KNOWN_REASONS = tuple(reason.value for reason in RefundReason)
 
 ToolName = Literal[KNOWN_TOOLS]  # type: ignore[valid-type]
-ProcessorName = Literal[KNOWN_PROCESSORS]  # type: ignore[valid-type]
+# A processor (`stripe`, covering all its accounts), one account of it (`stripe@eu`), or a UCS account
+# (`checkout`). Account names depend on the deployment, so they are checked by pattern only.
+PROCESSOR_NAME_PATTERN = (
+    r"^(" + "|".join(KNOWN_PROCESSORS) + r"|ucs)(@[a-z0-9][a-z0-9_-]{0,31})?$|^[a-z][a-z0-9_-]{0,31}$"
+)
+_PROCESSOR_JSON = {"type": "string", "pattern": PROCESSOR_NAME_PATTERN}
+ProcessorName = Annotated[str, Field(pattern=PROCESSOR_NAME_PATTERN), WithJsonSchema(_PROCESSOR_JSON)]
 
 _CURRENCY_JSON = {"type": "string", "pattern": "^[A-Z]{3}$"}
 
@@ -91,7 +97,7 @@ ProcessorMatch = Annotated[
     list[ProcessorName],
     BeforeValidator(_one_or_many),
     Field(min_length=1),
-    _one_or_many_json(_enum_json(KNOWN_PROCESSORS)),
+    _one_or_many_json(_PROCESSOR_JSON),
 ]
 CurrencyMatch = Annotated[
     list[CurrencyCode], BeforeValidator(_one_or_many), Field(min_length=1), _one_or_many_json(_CURRENCY_JSON)

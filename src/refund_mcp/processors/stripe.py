@@ -391,14 +391,17 @@ DIALECT = connector.Dialect(
 
 
 class StripeProcessor(connector.HttpProcessor):
-    """One Stripe account: its secret key and endpoint (a Connect account would add its
-    `Stripe-Account` header through `Connection(headers=…)`)."""
+    """One Stripe account: its secret key, its endpoint and, for a Connect account, the
+    `Stripe-Account` it acts for (sent on every request as a per-account header)."""
 
     def __init__(
-        self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None
+        self, *, api_key: SecretStr, api_base: str = DEFAULT_API_BASE, http: httpx2.AsyncClient | None = None,
+        stripe_account: str | None = None,
     ) -> None:
         bearer = connector.StaticCredentials(lambda: {"Authorization": f"Bearer {api_key.get_secret_value()}"})
-        super().__init__(connector.Connection(DIALECT, api_base=api_base, http=http, credentials=bearer))
+        # A Connect account: the platform key acts on that account's objects.
+        account = {"Stripe-Account": stripe_account} if stripe_account is not None else None
+        super().__init__(connector.Connection(DIALECT, api_base=api_base, http=http, credentials=bearer, headers=account))
 
     def __repr__(self) -> str:
         return f"StripeProcessor(api_base={self._base!r})"

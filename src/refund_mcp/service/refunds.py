@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,6 +60,9 @@ from refund_mcp.service import views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.events import EventsMixin
+from refund_mcp.service.metadata import decode as decode_metadata
+from refund_mcp.service.metadata import encode as encode_metadata
+from refund_mcp.service.metadata import validate_metadata
 from refund_mcp.service.operators import OperatorActionsMixin
 from refund_mcp.settings import Settings
 from refund_mcp.store import queries
@@ -68,6 +71,8 @@ from refund_mcp.store.database import Database
 logger = logging.getLogger("refund_mcp.service")
 
 STRIPE_PREFIXES = ("ch_", "pi_", "py_")
+# Names that are a processor even when not configured here, so "paypal:ID" is an error rather than a bare id.
+KNOWN_PROCESSOR_NAMES = ("stripe", "paypal", "adyen", "square", "sandbox", "ucs")
 
 
 class Confirmation(enum.Enum):
@@ -88,6 +93,7 @@ class RefundInput:
     idempotency_key: str | None = None
     processor: str | None = None
     customer_ref: str | None = None
+    metadata: dict[str, str] | None = None  # the caller's, bounded by service/metadata.py
 
 
 @dataclass(frozen=True)
@@ -152,40 +158,73 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     # ----------------------------------------------------------------- routing and lookups
 
     async def resolve_transaction_id(self, transaction_id: str, processor: str | None = None) -> TransactionRef:
-        """Apply the contract's id rules; raises ValidationFailed listing the configured processors."""
+        """Apply the contract's id rules and find the one account a payment belongs to.
+
+        `processor` (and a `prefix:` on the id) may name an account (`stripe@eu`, `checkout`) or a
+        processor (`stripe`). A processor with several accounts is resolved through our records; when
+        they cannot tell, the answer is a validation error listing the candidates, never a guess."""
         configured = self.processors.names()
         raw = transaction_id.strip()
         if not raw or len(raw) > 200 or any(ch.isspace() or ord(ch) < 32 for ch in raw):
             raise ValidationFailed("transaction_id must be a non-empty id without spaces", fields=["transaction_id"])
-        if processor is not None and processor not in configured:
+        if processor is not None and not self._names_accounts(processor):
             raise ValidationFailed(
-                f"processor {processor[:20]!r} is not configured; configured: {', '.join(configured)}", fields=["processor"]
+                f"processor {processor[:40]!r} is not configured; configured: {', '.join(configured)}", fields=["processor"]
             )
         prefix, sep, rest = raw.partition(":")
-        if sep and prefix in ("stripe", "paypal", "adyen", "square", "sandbox"):
-            if prefix not in configured:
+        if sep and (self._names_accounts(prefix) or prefix in KNOWN_PROCESSOR_NAMES or "@" in prefix):
+            if not self._names_accounts(prefix):
                 raise ValidationFailed(
-                    f"processor {prefix!r} is not configured; configured: {', '.join(configured)}", fields=["transaction_id"]
+                    f"processor {prefix[:40]!r} is not configured; configured: {', '.join(configured)}", fields=["transaction_id"]
                 )
-            if processor is not None and processor != prefix:
+            if processor is not None and not (set(self._candidates(prefix)) & set(self._candidates(processor))):
                 raise ValidationFailed(
                     f"transaction_id names {prefix} but processor says {processor}", fields=["transaction_id", "processor"]
                 )
             if not rest:
                 raise ValidationFailed("transaction_id has no id after the processor name", fields=["transaction_id"])
-            return TransactionRef(prefix, rest)
+            candidates = [name for name in self._candidates(prefix) if processor is None or name in self._candidates(processor)]
+            return await self._one_account(candidates, rest)
         if processor is not None:
-            return TransactionRef(processor, raw)
-        if raw.startswith(STRIPE_PREFIXES) and "stripe" in configured:
-            return TransactionRef("stripe", raw)
+            return await self._one_account(self._candidates(processor), raw)
+        if raw.startswith(STRIPE_PREFIXES) and self.processors.accounts_of("stripe"):
+            return await self._one_account(self.processors.accounts_of("stripe"), raw)
         async with self.db.read() as conn:
-            known = await queries.find_transactions_by_bare_id(conn, raw)
+            known = [row.processor for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
         if len(known) == 1:
-            return TransactionRef(known[0].processor, raw)
+            return TransactionRef(known[0], raw)
+        if len(known) > 1:
+            raise self._ambiguous(known, raw)
         raise ValidationFailed(
             f"cannot tell which processor {raw[:40]!r} belongs to; write it as processor:id or pass processor "
             f"(configured: {', '.join(configured)})",
             fields=["transaction_id"],
+        )
+
+    def _names_accounts(self, name: str) -> bool:
+        return bool(self._candidates(name))
+
+    def _candidates(self, name: str) -> list[str]:
+        """The accounts a name stands for: itself when it is an account, else every account of that processor."""
+        if name in self.processors:
+            return [name]
+        return self.processors.accounts_of(name)
+
+    async def _one_account(self, candidates: list[str], bare_id: str) -> TransactionRef:
+        """The account among `candidates` that holds `bare_id`: the only one, or the only one our records know."""
+        if len(candidates) == 1:
+            return TransactionRef(candidates[0], bare_id)
+        async with self.db.read() as conn:
+            known = {row.processor for row in await queries.find_transactions_by_bare_id(conn, bare_id)} & set(candidates)
+        if len(known) == 1:
+            return TransactionRef(known.pop(), bare_id)
+        raise self._ambiguous(candidates, bare_id)
+
+    @staticmethod
+    def _ambiguous(candidates: list[str], bare_id: str) -> ValidationFailed:
+        listed = ", ".join(f"{name}:{bare_id[:40]}" for name in candidates)
+        return ValidationFailed(
+            f"{bare_id[:40]!r} could belong to several accounts; name the account: {listed}", fields=["transaction_id"]
         )
 
     def _processor(self, name: str) -> Processor:
@@ -201,6 +240,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             return None, f"{ref.processor} is unavailable right now; showing refund-mcp's records"
         try:
             info = await processor.lookup_transaction(ref.bare_id)
+            info = replace(info, processor=ref.processor)  # recorded under the account, e.g. stripe@eu
         except ProcessorCallError as exc:
             if exc.retryable:
                 self.breaker.record_failure(ref.processor)
@@ -225,7 +265,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         if txn is None:
             hint = (
                 " Adyen has no payment lookup API: its payments become known from AUTHORISATION/CAPTURE webhooks."
-                if ref.processor == "adyen"
+                if self.processors.kind(ref.processor) == "adyen"
                 else ""
             )
             raise TransactionNotFound(f"{ref.canonical} was not found at {ref.processor}.{hint}")
@@ -283,7 +323,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     async def _transaction_view(self, conn: AsyncConnection, txn: Row[Any], *, source: str, message: str | None = None) -> views.TransactionView:
         bal = await queries.balance(conn, txn)
         refunds = await queries.refunds_for_transaction(conn, txn.id)
-        if source == "records" and message is None and txn.processor == "adyen":
+        if source == "records" and message is None and self.processors.kind(txn.processor) == "adyen":
             message = "Adyen cannot be queried: this is refund-mcp's record, kept current by Adyen's webhooks"
         return views.TransactionView(
             transaction_id=txn.id,
@@ -316,6 +356,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 f"reason {req.reason[:40]!r} is not one of: {', '.join(r.value for r in RefundReason)}", fields=["reason"]
             ) from None
         currency = normalize_currency(req.currency) if req.currency is not None else None
+        validate_metadata(req.metadata)
         if req.amount_minor is not None and not 0 < req.amount_minor <= MAX_AMOUNT_MINOR:
             raise ValidationFailed("amount_minor must be a positive whole number of minor units", fields=["amount_minor"])
         return currency, reason
@@ -351,6 +392,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 tool=tool,
                 actor=actor,
                 processor=txn.processor,
+                processor_kind=self.processors.kind(txn.processor),
                 transaction_id=txn.id,
                 reason=req.reason,
                 amount_minor=amount,
@@ -492,6 +534,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             "idempotency_key": req.idempotency_key,
             "processor": req.processor,
             "customer_ref": req.customer_ref,
+            "metadata": req.metadata,
         }
 
     async def create_refund(self, actor: str, req: RefundInput, confirmation: Confirmation = Confirmation.NOT_ASKED) -> views.RefundView:
@@ -525,7 +568,9 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         now = self.clock()
         engine = self.policy.engine()
         fingerprint = _sha(actor, ref.canonical, req.amount_minor, currency, req.reason)
-        request_hash = _sha(ref.canonical, req.amount_minor, currency, req.reason, req.customer_ref)
+        caller_metadata = validate_metadata(req.metadata)
+        # Metadata joins the hash only when given, so keys stored before it existed still replay.
+        request_hash = _sha(ref.canonical, req.amount_minor, currency, req.reason, req.customer_ref, *([caller_metadata] if caller_metadata else []))
         async with self.db.write() as conn:
             if req.idempotency_key is not None:
                 seen = await queries.get_idempotency(conn, actor, req.idempotency_key)
@@ -583,6 +628,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 "attempts": 0,
                 "maybe_sent": False,
                 "policy_version": decision.policy_version,
+                "refund_metadata": encode_metadata(caller_metadata),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -670,7 +716,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             reason=RefundReason(row.reason),
             idempotency_key=row.id,
             note=row.note,
-            metadata={"refund_mcp_id": row.id},
+            # Ours last: the caller's metadata can never replace the id that ties the processor's refund to ours.
+            metadata={**decode_metadata(row.refund_metadata), "refund_mcp_id": row.id},
         )
         try:
             answer = await processor.create_refund(request)
@@ -947,8 +994,10 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                         txn_ids = [transaction_id]
                     else:
                         txn_ids = [row.id for row in await queries.find_transactions_by_bare_id(conn, transaction_id)]
+                # A processor's name lists all its accounts; an account name, that account.
+                accounts = self._candidates(processor) if processor is not None and processor not in self.processors else None
                 rows = await queries.list_refunds(
-                    conn, status=status, processor=processor, transaction_ids=txn_ids, since=since, after=after, limit=limit + 1
+                    conn, status=status, processor=accounts or processor, transaction_ids=txn_ids, since=since, after=after, limit=limit + 1
                 )
                 await audit.append(conn, AuditEntry(actor=actor, action="refund.list", target=None, outcome="ok", request=request))
             page = rows[:limit]
@@ -1043,6 +1092,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             retry=retry,
             failure_reason=row.failure_reason,
             processor_request_id=row.processor_request_id,
+            metadata=decode_metadata(row.refund_metadata),
         )
 
 

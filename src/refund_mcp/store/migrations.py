@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, insert, inspect, select
+from sqlalchemy import Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from refund_mcp.store import tables
@@ -42,9 +42,16 @@ def _v2_webhook_events(conn: Connection) -> None:
     tables.webhook_events.create(conn)
 
 
+def _v8_refund_metadata(conn: Connection) -> None:
+    # A fresh database got the column from tables.py in step 1 already.
+    if "refund_metadata" not in {column["name"] for column in inspect(conn).get_columns("refunds")}:
+        conn.execute(text("ALTER TABLE refunds ADD COLUMN refund_metadata TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "transactions, refunds, idempotency keys, audit log", _v1_initial),
     Migration(2, "processed webhook events (replay protection)", _v2_webhook_events),
+    Migration(8, "refund metadata given by the caller (JSON object of strings)", _v8_refund_metadata),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 _MIGRATION_LOCK_KEY = 0x52464D43  # "RFMC"

@@ -207,7 +207,7 @@ async def list_refunds(
     conn: AsyncConnection,
     *,
     status: str | None,
-    processor: str | None,
+    processor: str | list[str] | None,
     transaction_ids: list[str] | None,
     since: datetime | None,
     after: tuple[datetime, str] | None,
@@ -217,7 +217,9 @@ async def list_refunds(
     conditions = []
     if status:
         conditions.append(R.c.status == status)
-    if processor:
+    if isinstance(processor, list):  # every account of one processor
+        conditions.append(R.c.processor.in_(processor))
+    elif processor:
         conditions.append(R.c.processor == processor)
     if transaction_ids is not None:
         conditions.append(R.c.transaction_id.in_(transaction_ids))

@@ -112,6 +112,8 @@ refunds = Table(
     Column("policy_version", String(40)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The caller's metadata, a JSON object of strings (service/metadata.py bounds it); NULL when none.
+    Column("refund_metadata", Text),
     UniqueConstraint("processor", "processor_refund_id", name="uq_refunds_processor_refund_id"),
 )
 Index("ix_refunds_transaction", refunds.c.transaction_id, refunds.c.status)

@@ -1,4 +1,5 @@
-"""`POST /webhooks/{stripe,paypal,adyen,square}`: read the raw body, verify, parse, apply.
+"""`POST /webhooks/{stripe,paypal,adyen,square}` (the single account) and `/webhooks/{processor}/{label}`
+(account `processor@label`): read the raw body, verify with that account's secret, parse, apply.
 
 What a delivery gets back (the contract: 2xx recorded or replayed, 400 malformed, 401 bad or
 missing signature, 5xx only when it could not be recorded, so the processor retries):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,45 +63,46 @@ def _not_configured(processor: str, setting: str | None) -> WebhookNotConfigured
     return WebhookNotConfigured(f"{processor} webhooks need {setting}, which is not set", status_code=503)
 
 
-def _verifier(app: Any, processor: str) -> Verifier:
-    """The check for one processor, built per delivery from the current settings.
-    Raises WebhookNotConfigured when the processor or its webhook secret is missing."""
-    settings = app.settings
+def _verifier(app: Any, processor: str, account: str) -> Verifier:
+    """The check for one account of a processor, built per delivery from the current settings.
+    Raises WebhookNotConfigured when the account or its webhook secret is missing."""
+    found = app.settings.account_settings(account)
+    config = found[1] if found is not None and found[0] == processor else None
     now = app.service.clock
     if processor == "stripe":
-        if settings.stripe is None or settings.stripe.webhook_secret is None:
-            raise _not_configured("stripe", None if settings.stripe is None else "STRIPE_WEBHOOK_SECRET")
-        secret = settings.stripe.webhook_secret.get_secret_value()
+        if config is None or config.webhook_secret is None:
+            raise _not_configured(account, None if config is None else "its webhook secret (STRIPE_WEBHOOK_SECRET)")
+        secret = config.webhook_secret.get_secret_value()
 
         async def check_stripe(raw: bytes, request: Request) -> None:
             stripe.verify_stripe(raw, request.headers, secret, now())
 
         return check_stripe
     if processor == "paypal":
-        adapter = app.processors.get("paypal")
-        if settings.paypal is None or adapter is None or not settings.paypal.webhook_id:
-            raise _not_configured("paypal", None if settings.paypal is None else "PAYPAL_WEBHOOK_ID")
-        webhook_id = settings.paypal.webhook_id
+        adapter = app.processors.get(account)
+        if config is None or adapter is None or not config.webhook_id:
+            raise _not_configured(account, None if config is None else "its webhook id (PAYPAL_WEBHOOK_ID)")
+        webhook_id = config.webhook_id
 
         async def check_paypal(raw: bytes, request: Request) -> None:
             await paypal.verify_paypal(raw, request.headers, webhook_id, adapter)
 
         return check_paypal
     if processor == "adyen":
-        if settings.adyen is None or settings.adyen.hmac_key is None:
-            raise _not_configured("adyen", None if settings.adyen is None else "ADYEN_HMAC_KEY")
-        key = settings.adyen.hmac_key.get_secret_value()
+        if config is None or config.hmac_key is None:
+            raise _not_configured(account, None if config is None else "its HMAC key (ADYEN_HMAC_KEY)")
+        key = config.hmac_key.get_secret_value()
         adyen.hmac_key(key)  # a key that is not hex is a configuration error (503), not a bad signature
 
         async def check_adyen(raw: bytes, request: Request) -> None:
             adyen.verify_adyen(raw, request.headers, key, now())
 
         return check_adyen
-    if settings.square is None or settings.square.webhook_signature_key is None or not settings.square.webhook_url:
-        missing = "SQUARE_WEBHOOK_SIGNATURE_KEY and SQUARE_WEBHOOK_URL"
-        raise _not_configured("square", None if settings.square is None else missing)
-    signature_key = settings.square.webhook_signature_key.get_secret_value()
-    url = settings.square.webhook_url
+    if config is None or config.webhook_signature_key is None or not config.webhook_url:
+        missing = "its signature key and URL (SQUARE_WEBHOOK_SIGNATURE_KEY and SQUARE_WEBHOOK_URL)"
+        raise _not_configured(account, None if config is None else missing)
+    signature_key = config.webhook_signature_key.get_secret_value()
+    url = config.webhook_url
 
     async def check_square(raw: bytes, request: Request) -> None:
         square.verify_square(raw, request.headers, signature_key, now(), notification_url=url)
@@ -137,42 +140,69 @@ def _refusal(processor: str, error: WebhookError) -> Response:
     return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status_code, headers=headers)
 
 
-def _endpoint(app: Any, processor: str) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(app: Any, processor: str, account: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+    """`/webhooks/{processor}` (its single account), or one named account when `account` is None: the
+    route's `{account}` label then names `processor@label`."""
     parse = PARSERS[processor]
 
     async def receive(request: Request) -> Response:
+        name = account or _account_name(processor, request)
         raw: bytes | None = None
         try:
-            verify = _verifier(app, processor)
+            verify = _verifier(app, processor, name)
             raw = await read_body(request)
             await verify(raw, request)  # over the raw bytes, before anything is parsed or stored
-            events = parse(raw)
+            events = [_for_account(event, name) for event in parse(raw)]
         except WebhookError as exc:
-            await _audit_rejection(app, processor, exc, None if raw is None else len(raw))
+            await _audit_rejection(app, name, exc, None if raw is None else len(raw))
             return _refusal(processor, exc)
-        outcomes: list[str] = []
-        try:
-            for event in events:
-                outcomes.append(await app.service.apply_event(event))
-        except SQLAlchemyError:
-            logger.exception("could not record a %s webhook; answering 500 so it is delivered again", processor)
-            return JSONResponse({"error": "not_recorded", "message": "the event could not be recorded; retry"}, status_code=500)
-        if "deferred" in outcomes:
-            return JSONResponse(
-                {"error": "deferred", "message": "an event waits for a refund in flight; deliver it again", "outcomes": outcomes},
-                status_code=503,
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            )
-        if processor == "adyen":
-            return PlainTextResponse(adyen.ACKNOWLEDGEMENT)
-        return JSONResponse({"received": len(outcomes), "outcomes": outcomes})
+        return await apply_events(app, processor, events)
 
     return receive
 
 
+def _account_name(processor: str, request: Request) -> str:
+    return f"{processor}@{request.path_params['account']}"
+
+
+def _for_account(event: WebhookEvent, account: str) -> WebhookEvent:
+    """Events name the account they arrived for: that is where their payments and refunds are recorded."""
+    return event if event.processor == account else replace(event, processor=account)
+
+
+async def apply_events(app: Any, processor: str, events: list[WebhookEvent], acknowledgement: Response | None = None) -> Response:
+    """Record verified events and answer the delivery (shared by every processor's endpoint)."""
+    outcomes: list[str] = []
+    try:
+        for event in events:
+            outcomes.append(await app.service.apply_event(event))
+    except SQLAlchemyError:
+        logger.exception("could not record a %s webhook; answering 500 so it is delivered again", processor)
+        return JSONResponse({"error": "not_recorded", "message": "the event could not be recorded; retry"}, status_code=500)
+    if "deferred" in outcomes:
+        return JSONResponse(
+            {"error": "deferred", "message": "an event waits for a refund in flight; deliver it again", "outcomes": outcomes},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    if acknowledgement is not None:
+        return acknowledgement
+    if processor == "adyen":
+        return PlainTextResponse(adyen.ACKNOWLEDGEMENT)
+    return JSONResponse({"received": len(outcomes), "outcomes": outcomes})
+
+
 def webhook_routes(app: Any) -> list[Route]:
-    """The four webhook routes for `app` (refund_mcp.app.App), to mount beside /mcp."""
-    return [
-        Route(f"/webhooks/{processor}", _endpoint(app, processor), methods=["POST"], name=f"webhook_{processor}")
+    """The webhook routes for `app` (refund_mcp.app.App), to mount beside /mcp: one per processor for its
+    single account, one per processor for its named accounts, and one for UCS accounts."""
+    from refund_mcp.webhooks.ucs import ucs_endpoint
+
+    single = [
+        Route(f"/webhooks/{processor}", _endpoint(app, processor, processor), methods=["POST"], name=f"webhook_{processor}")
         for processor in PARSERS
     ]
+    named = [
+        Route(f"/webhooks/{processor}/{{account}}", _endpoint(app, processor), methods=["POST"], name=f"webhook_{processor}_account")
+        for processor in PARSERS
+    ]
+    return [*single, *named, Route("/webhooks/ucs/{account}", ucs_endpoint(app), methods=["POST"], name="webhook_ucs")]

@@ -1,0 +1,1 @@
+"""Generated from ../proto by regenerate.py; do not edit."""
