@@ -84,9 +84,15 @@ class App:
             )
 
         processors = ProcessorRegistry.from_settings(settings, http=http, known_adyen=known_adyen)
-        check_policy_processors(policy, processors)
-        service = RefundService(db, processors, policy, settings)
-        server = build_server(service, stdio_actor(settings))
+        try:
+            check_policy_processors(policy, processors)
+            service = RefundService(db, processors, policy, settings)
+            server = build_server(service, stdio_actor(settings))
+        except BaseException:
+            # A refused start must not leave the database engine (and its worker thread) or clients open.
+            await processors.aclose()
+            await db.dispose()
+            raise
         return cls(settings, db, processors, policy, service, server)
 
     def reload_policy_on_sighup(self) -> None:
