@@ -232,19 +232,34 @@ async def _refunds(args: argparse.Namespace) -> int:
 
 
 async def _db(args: argparse.Namespace) -> int:
+    from refund_mcp.store import migrations
     from refund_mcp.store.database import Database
-    from refund_mcp.store.migrations import LATEST_VERSION, current_version
 
+    if args.db_command == "revision":
+        path = migrations.write_revision(args.message, args.scratch_db or _scratch_sqlite_url())
+        print(f"wrote {path}: review it, then run the tests in tests/store")
+        return EXIT_OK
     db = Database(_settings().db_url)
     try:
         if args.db_command == "upgrade":
-            applied = await db.migrate()
-            for migration in applied:
-                print(f"applied {migration.version}: {migration.description}")
-        print(f"schema version {await current_version(db.engine)} (latest {LATEST_VERSION})")
+            for step in await db.migrate():
+                print(f"applied {step.revision}: {step.description}")
+        elif args.db_command == "downgrade":
+            await migrations.downgrade(db.engine, args.to)
+            print(f"downgraded to {args.to}")
+        print(f"schema revision {await migrations.current_revision(db.engine) or 'none'} (head {migrations.head_revision()})")
         return EXIT_OK
+    except migrations.SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         await db.dispose()
+
+
+def _scratch_sqlite_url() -> str:
+    import tempfile
+
+    return f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix='refund-mcp-revision-')) / 'scratch.sqlite3'}"
 
 
 # ------------------------------------------------------------------ demo
@@ -319,8 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply pending schema migrations")
-    db_sub.add_parser("version", help="show the schema version")
+    db_sub.add_parser("upgrade", help="apply pending schema migrations (serve and worker also do on start)")
+    db_sub.add_parser("version", help="show the schema revision and the newest this refund-mcp knows")
+    down = db_sub.add_parser("downgrade", help="undo revisions down to --to (take a backup first)")
+    down.add_argument("--to", required=True, help="revision to stay at, or 'base' for an empty database")
+    revision = db_sub.add_parser("revision", help="(development) write a revision for the changes in store/tables.py")
+    revision.add_argument("-m", "--message", required=True)
+    revision.add_argument("--scratch-db", default=None, help="database to compare against (default: a new SQLite file)")
     return parser
 
 
@@ -328,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     from refund_mcp.policy import PolicyFileError
+    from refund_mcp.store.migrations import SchemaTooNew
 
     try:
         if args.command == "serve":
@@ -356,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tokens(args)
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
