@@ -6,7 +6,7 @@ SDK's own validation catches (wrapped as `[validation_error]` naming the fields)
 
 
 import logging
-from collections import Counter
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,6 +28,8 @@ from refund_mcp.auth import require_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN
 from refund_mcp.domain.models import RefundReason, RefundStatus
+from refund_mcp.metrics import TOOL_LATENCY, TOOL_NAMES, ToolCallCounts, closed_label
+from refund_mcp.observability import tracing
 from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
 from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
 from refund_mcp.service.refunds import Confirmation, RefundInput, RefundService
@@ -101,9 +103,19 @@ class RefundMCPServer(MCPServer[Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.calls: Counter[tuple[str, str]] = Counter()
+        self.calls = ToolCallCounts()
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
+        """Every call is counted by outcome (in `_call_tool`), timed and traced here."""
+        label = closed_label(name, TOOL_NAMES)
+        started = time.perf_counter()
+        try:
+            with tracing.span(f"tool {label}", {"refund_mcp.tool": label}):
+                return await self._call_tool(name, arguments, context)
+        finally:
+            TOOL_LATENCY.labels(tool=label).observe(time.perf_counter() - started)
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None) -> Any:
         tool = self._tool_manager.get_tool(name)
         if tool is not None:
             known = set(tool.parameters.get("properties", {}))
