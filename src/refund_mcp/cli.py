@@ -27,11 +27,11 @@ def _settings() -> Any:
 
 
 def _configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from refund_mcp.observability.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(os.environ))  # REFUND_MCP_LOG_FORMAT=json: one JSON object per line
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # The SDK logs every tool refusal at INFO; ours are audited already.
     logging.getLogger("mcp").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -347,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if args.command in ("serve", "worker"):
+        from refund_mcp.observability import tracing
+
+        tracing.configure_from_env()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT or REFUND_MCP_OTEL=1
     from refund_mcp.policy import PolicyFileError
     from refund_mcp.store.migrations import SchemaTooNew
 
