@@ -192,3 +192,7 @@ def test_db_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert "applied 0001" in out and f"schema revision {head}" in out
     assert main(["db", "downgrade", "--to", "base"]) == 0
     assert "schema revision none" in capsys.readouterr().out
+
+
+def test_the_head_read_from_the_revision_files_is_alembics() -> None:
+    assert migrations.head_from_files() == migrations.head_revision()
