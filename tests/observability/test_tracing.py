@@ -105,3 +105,19 @@ def test_nothing_of_opentelemetry_is_imported_when_tracing_is_off() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_environment_switches_tracing_on_with_the_otlp_exporter() -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the [otel] extra is not installed")
+    code = (
+        "from refund_mcp.observability import tracing\n"
+        "from opentelemetry import trace\n"
+        "assert not tracing.configure_from_env({})\n"
+        "assert tracing.configure_from_env({'REFUND_MCP_OTEL': '1', 'OTEL_SERVICE_NAME': 'refunds-eu'})\n"
+        "provider = trace.get_tracer_provider()\n"
+        "print(type(provider).__module__, provider.resource.attributes['service.name'])\n"
+        "provider.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["opentelemetry.sdk.trace", "refunds-eu"]

@@ -72,25 +72,23 @@ def load_private_key(path: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"cannot read the audit signing key {path}: {type(exc).__name__}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"{path} is not an Ed25519 private key (make one with `refund-mcp audit keygen`)")
-    return key
+    return _load_key(path, lambda data: serialization.load_pem_private_key(data, password=None), Ed25519PrivateKey, "private")
 
 
 def load_public_key(path: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    return _load_key(path, serialization.load_pem_public_key, Ed25519PublicKey, "public")
+
+
+def _load_key(path: Path, load: Any, expected: type, kind: str) -> Any:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        key = load(path.read_bytes())
     except (OSError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"cannot read the audit public key {path}: {type(exc).__name__}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise CheckpointError(f"{path} is not an Ed25519 public key")
+        raise CheckpointError(f"cannot read the audit {kind} key {path}: {type(exc).__name__}") from exc
+    if not isinstance(key, expected):
+        raise CheckpointError(f"{path} is not an Ed25519 {kind} key (make a pair with `refund-mcp audit keygen`)")
     return key
 
 
