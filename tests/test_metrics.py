@@ -11,6 +11,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from refund_mcp.metrics import exposition
+from tests.conftest import make_app
 from tests.support.servers import http_server
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +103,16 @@ async def test_state_gauges_are_cached_between_scrapes(app_factory) -> None:
         now[0] += 6
         await collector.refresh()
         assert collector._snapshot is not first and collector._snapshot.ok
+
+
+async def test_the_state_gauges_read_postgresql(pg_database: str) -> None:
+    from refund_mcp.observability.state import read_snapshot
+
+    async with make_app(pg_database, policy=HITL_POLICY) as app:
+        async with Client(app.server) as client:
+            parked = await client.call_tool(
+                "create_refund", {"transaction_id": "sandbox:demo_usd_order", "reason": "fraudulent", "amount_minor": 700}
+            )
+        assert parked.structured_content["status"] == "pending_approval"
+        snapshot = await read_snapshot(app.db, app.service.clock())
+    assert snapshot.ok and snapshot.pending_approvals == 1 and snapshot.reserved_minor == {"USD": 700}

@@ -334,7 +334,11 @@ async def _db(args: argparse.Namespace) -> int:
         elif args.db_command == "downgrade":
             await migrations.downgrade(db.engine, args.to)
             print(f"downgraded to {args.to}")
-        print(f"schema revision {await migrations.current_revision(db.engine) or 'none'} (head {migrations.head_revision()})")
+        legacy = await migrations.legacy_version(db.engine)
+        if legacy is not None:
+            print(f"schema version {legacy} (refund-mcp 0.1.0 migrations): `refund-mcp db upgrade` adopts it, keeping every row")
+        else:
+            print(f"schema revision {await migrations.current_revision(db.engine) or 'none'} (head {migrations.head_revision()})")
         return EXIT_OK
     except migrations.SchemaTooNew as exc:
         print(str(exc), file=sys.stderr)

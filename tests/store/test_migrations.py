@@ -196,3 +196,14 @@ def test_db_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
 
 def test_the_head_read_from_the_revision_files_is_alembics() -> None:
     assert migrations.head_from_files() == migrations.head_revision()
+
+
+def test_db_version_and_upgrade_on_a_release_0_1_0_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    url = sqlite_url(tmp_path)
+    asyncio.run(_load_legacy(url))
+    monkeypatch.setenv("REFUND_MCP_DB", url)
+    assert main(["db", "version"]) == 0
+    assert "schema version 2 (refund-mcp 0.1.0 migrations)" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0
+    assert f"schema revision {migrations.head_revision()}" in capsys.readouterr().out
+

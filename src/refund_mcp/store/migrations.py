@@ -199,6 +199,19 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_db_revision)
 
 
+def _legacy_version(conn: Connection) -> int | None:
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" in tables or LEGACY_VERSION_TABLE not in tables:
+        return None
+    return int(conn.execute(text(f"SELECT MAX(version) FROM {LEGACY_VERSION_TABLE}")).scalar() or 0)
+
+
+async def legacy_version(engine: AsyncEngine) -> int | None:
+    """The hand-written schema version of a database Alembic has not adopted yet, else None."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_legacy_version)
+
+
 def write_revision(message: str, scratch_url: str) -> Path:
     """Autogenerate a revision from the difference between the head and tables.py (developer command)."""
     import asyncio
