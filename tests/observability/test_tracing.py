@@ -121,3 +121,14 @@ def test_the_environment_switches_tracing_on_with_the_otlp_exporter() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["opentelemetry.sdk.trace", "refunds-eu"]
+
+
+async def test_a_webhook_delivery_is_a_span_with_its_outcome(app_factory, exporter) -> None:
+    from refund_mcp.webhooks.events import IgnoredEvent
+
+    event = IgnoredEvent(processor="stripe", event_id="evt_traced", kind="charge.captured")
+    async with app_factory() as app:
+        assert await app.service.apply_event(event) == "ignored"
+        assert await app.service.apply_event(event) == "replay"
+    outcomes = [span.attributes["refund_mcp.webhook.outcome"] for span in exporter.get_finished_spans() if span.name == "webhook.apply"]
+    assert outcomes == ["ignored", "replay"]
