@@ -40,3 +40,18 @@ def test_every_processor_operation_is_wrapped() -> None:
 )
 def test_outcome_classes(error: BaseException | None, outcome: str) -> None:
     assert outcome_class(error) == outcome
+
+
+@pytest.mark.anyio
+async def test_accounts_keep_their_processor_and_are_counted_as_it() -> None:
+    from refund_mcp.metrics import REGISTRY
+    from refund_mcp.observability.processors import metered
+    from refund_mcp.processors.registry import ProcessorRegistry
+    from refund_mcp.processors.sandbox import SandboxProcessor
+
+    registry = metered(ProcessorRegistry({"stripe@eu": SandboxProcessor()}, {"stripe@eu": "stripe"}))
+    assert registry.names() == ["stripe@eu"] and registry.kind("stripe@eu") == "stripe"
+    labels = {"processor": "stripe", "operation": "lookup_transaction", "outcome": "ok"}
+    before = REGISTRY.get_sample_value("refund_mcp_processor_calls_total", labels) or 0
+    await registry.get("stripe@eu").lookup_transaction("demo_usd_order")
+    assert REGISTRY.get_sample_value("refund_mcp_processor_calls_total", labels) == before + 1

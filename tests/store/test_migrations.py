@@ -108,6 +108,7 @@ async def test_a_database_made_by_the_hand_written_migrations_upgrades_in_place_
     await _load_legacy(db_url, fixture)
     engine = create_engine(db_url)
     try:
+        assert await migrations.legacy_version(engine) == LEGACY_FIXTURES[fixture]
         before = await _counts(engine)
         async with engine.connect() as conn:
             legacy_refund = (await conn.execute(text("SELECT id FROM refunds"))).scalar_one()
