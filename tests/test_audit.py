@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -104,7 +105,8 @@ async def test_cli_verify_and_export(app_factory, tmp_path):
         await make_some_history(app)
         count = len(await records(app))
         url = app.settings.db_url
-    env = {"REFUND_MCP_DB": url, "PATH": "/usr/bin:/bin"}
+    # PYTHONPATH, when set, picks which sources the subprocess runs (as for the tests themselves).
+    env = {"REFUND_MCP_DB": url, "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     ok = subprocess.run([sys.executable, "-m", "refund_mcp", "audit", "verify"], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert f"{count} record(s)" in ok.stdout

@@ -63,7 +63,7 @@ async def test_the_server_works_over_streamable_http(tmp_path, mode):
             health = (await http.get(f"{base}/healthz")).json()
             assert health["status"] == "ok" and health["processors"] == ["sandbox"]
             metrics = (await http.get(f"{base}/metrics")).text
-            assert 'refund_mcp_tool_calls_total{tool="create_refund",outcome="ok"} 1' in metrics
+            assert 'refund_mcp_tool_calls_total{outcome="ok",tool="create_refund"} 1.0' in metrics
 
 
 def test_the_stdio_server_exits_when_its_client_closes_stdin(tmp_path):

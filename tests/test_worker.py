@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -117,7 +118,7 @@ async def test_after_the_retry_deadline_the_worker_stops_and_an_operator_decides
         assert queued["status"] == "queued"
         assert queued["retry"]["next_attempt_at"] is None
         assert "a human must decide" in queued["retry"]["last_error"]
-        env = {"REFUND_MCP_DB": app.settings.db_url, "REFUND_MCP_SANDBOX": "1", "PATH": "/usr/bin:/bin"}
+        env = {"REFUND_MCP_DB": app.settings.db_url, "REFUND_MCP_SANDBOX": "1", "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
         stuck = subprocess.run([*refund_mcp_command(), "refunds", "stuck"], env=env, capture_output=True, text=True)
         assert queued["refund_id"] in stuck.stdout, stuck.stderr
         resolved = subprocess.run(

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from refund_mcp.domain.models import TransactionInfo
+from refund_mcp.observability.processors import metered
+from refund_mcp.observability.state import STATE
 from refund_mcp.policy import PolicyHolder, default_policy_path
 from refund_mcp.processors.registry import ProcessorRegistry
 from refund_mcp.server import RefundMCPServer, build_server
@@ -83,7 +85,7 @@ class App:
                 refundable=row.refundable,
             )
 
-        processors = ProcessorRegistry.from_settings(settings, http=http, known_adyen=known_adyen)
+        processors = metered(ProcessorRegistry.from_settings(settings, http=http, known_adyen=known_adyen))
         try:
             check_policy_processors(policy, processors)
             service = RefundService(db, processors, policy, settings)
@@ -93,7 +95,9 @@ class App:
             await processors.aclose()
             await db.dispose()
             raise
-        return cls(settings, db, processors, policy, service, server)
+        app = cls(settings, db, processors, policy, service, server)
+        STATE.attach(app)
+        return app
 
     def reload_policy_on_sighup(self) -> None:
         """SIGHUP re-reads the policy file now (it is also re-read when the file changes)."""

@@ -27,11 +27,11 @@ def _settings() -> Any:
 
 
 def _configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from refund_mcp.observability.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(os.environ))  # REFUND_MCP_LOG_FORMAT=json: one JSON object per line
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     # The SDK logs every tool refusal at INFO; ours are audited already.
     logging.getLogger("mcp").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -61,7 +61,14 @@ async def _serve(args: argparse.Namespace) -> int:
     from refund_mcp.app import App
     from refund_mcp.worker import run_forever
 
+    from refund_mcp.worker import checkpoint_schedule, run_checkpoints
+
     settings = _settings()
+    try:
+        checkpoints = checkpoint_schedule(os.environ)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
     http_auth = None
     if args.transport == "http":
         from refund_mcp.auth import AuthConfigError, load_auth_config, refuse_open_exposure
@@ -79,6 +86,8 @@ async def _serve(args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
                 tg.start_soon(run_forever, app.service, settings.worker_interval_seconds, stop_worker)
+                if checkpoints is not None:
+                    tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop_worker)
             if args.transport == "stdio":
                 _startup_summary(app, "stdio", "")
                 await app.server.run_stdio_async()
@@ -95,9 +104,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from refund_mcp.app import App
-    from refund_mcp.worker import run_forever, run_once
+    import anyio
 
+    from refund_mcp.app import App
+    from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever, run_once
+
+    try:
+        checkpoints = checkpoint_schedule(os.environ)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
     app = await App.create(_settings())
     try:
         if args.once:
@@ -105,7 +121,11 @@ async def _worker(args: argparse.Namespace) -> int:
             print(f"handled {handled} item(s)", file=sys.stderr)
         else:
             print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
-            await run_forever(app.service, app.settings.worker_interval_seconds)
+            stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                if checkpoints is not None:
+                    tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop)
+                await run_forever(app.service, app.settings.worker_interval_seconds, stop)
     finally:
         await app.aclose()
     return EXIT_OK
@@ -135,21 +155,35 @@ def _policy(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ audit
 
 
+WITHOUT_CHECKPOINTS = (
+    "Without signed checkpoints this finds records edited, deleted or reordered in place, but not a chain "
+    "rewritten consistently by someone with write access to the database (every later hash recomputed, or the "
+    "newest records removed and audit_head moved back). Give --checkpoints FILE --public-key KEY to detect those."
+)
+
+
 async def _audit(args: argparse.Namespace) -> int:
+    from refund_mcp.audit import checkpoints as signed
     from refund_mcp.audit import log as audit
     from refund_mcp.store.database import Database
 
+    if args.audit_command == "keygen":
+        try:
+            kid = signed.generate_key_pair(Path(args.private), Path(args.public))
+        except signed.CheckpointError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"wrote {args.private} (keep it off the database host's backups; set REFUND_MCP_AUDIT_KEY to it) "
+              f"and {args.public} (give it to whoever verifies); key id {kid}")
+        return EXIT_OK
     settings = _settings()
     db = Database(settings.db_url)
     try:
         await db.migrate()
+        if args.audit_command == "checkpoint":
+            return await _audit_checkpoint(args, db)
         if args.audit_command == "verify":
-            result = await audit.verify(db.engine)
-            if result.ok:
-                print(f"audit chain OK: {result.records} record(s)")
-                return EXIT_OK
-            print(f"audit chain BROKEN at record {result.bad_seq}: {result.problem}", file=sys.stderr)
-            return EXIT_FAILURE
+            return await _audit_verify(args, db)
         out = open(args.output, "w", encoding="utf-8") if args.output not in (None, "-") else sys.stdout
         try:
             count = 0
@@ -161,8 +195,61 @@ async def _audit(args: argparse.Namespace) -> int:
                 out.close()
         print(f"exported {count} record(s)", file=sys.stderr)
         return EXIT_OK
+    except signed.CheckpointError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         await db.dispose()
+
+
+async def _audit_checkpoint(args: argparse.Namespace, db: Any) -> int:
+    from datetime import UTC, datetime
+
+    from refund_mcp.audit import checkpoints as signed
+
+    key_path = args.key or os.environ.get("REFUND_MCP_AUDIT_KEY")
+    if not key_path:
+        print("no signing key: give --key FILE or set REFUND_MCP_AUDIT_KEY (make one with `refund-mcp audit keygen`)", file=sys.stderr)
+        return EXIT_USAGE
+    key = signed.load_private_key(Path(key_path))
+    output = args.output or os.environ.get("REFUND_MCP_AUDIT_CHECKPOINTS")
+    now = datetime.now(UTC)
+    if output in (None, "-"):
+        print((await signed.make_checkpoint(db.engine, key, prev=None, now=now)).line())
+        return EXIT_OK
+    made = await signed.append_checkpoint(db.engine, Path(output), key, now=now)
+    print(f"checkpoint at record {made.seq} appended to {output}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _audit_verify(args: argparse.Namespace, db: Any) -> int:
+    from refund_mcp.audit import checkpoints as signed
+    from refund_mcp.audit import log as audit
+
+    anchors = None
+    if args.checkpoints or args.public_key:
+        if not (args.checkpoints and args.public_key):
+            print("give both --checkpoints FILE and --public-key KEY", file=sys.stderr)
+            return EXIT_USAGE
+        found = signed.read_file(Path(args.checkpoints))
+        if not found:
+            print(f"no checkpoints in {args.checkpoints}", file=sys.stderr)
+            return EXIT_FAILURE
+        anchors = signed.verify_file(found, signed.load_public_key(Path(args.public_key)))
+    result = await audit.verify(db.engine, anchors=anchors)
+    if not result.ok:
+        print(f"audit chain BROKEN at record {result.bad_seq}: {result.problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"audit chain OK: {result.records} record(s)")
+    if anchors is None:
+        print(WITHOUT_CHECKPOINTS)
+    else:
+        newest = found[-1]
+        print(
+            f"{len(found)} signed checkpoint(s) hold: records 1-{newest.seq} are as signed (newest checkpoint {newest.at}); "
+            f"records after {newest.seq} are covered by the hash chain only."
+        )
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ approvals
@@ -232,19 +319,38 @@ async def _refunds(args: argparse.Namespace) -> int:
 
 
 async def _db(args: argparse.Namespace) -> int:
+    from refund_mcp.store import migrations
     from refund_mcp.store.database import Database
-    from refund_mcp.store.migrations import LATEST_VERSION, current_version
 
+    if args.db_command == "revision":
+        path = migrations.write_revision(args.message, args.scratch_db or _scratch_sqlite_url())
+        print(f"wrote {path}: review it, then run the tests in tests/store")
+        return EXIT_OK
     db = Database(_settings().db_url)
     try:
         if args.db_command == "upgrade":
-            applied = await db.migrate()
-            for migration in applied:
-                print(f"applied {migration.version}: {migration.description}")
-        print(f"schema version {await current_version(db.engine)} (latest {LATEST_VERSION})")
+            for step in await db.migrate():
+                print(f"applied {step.revision}: {step.description}")
+        elif args.db_command == "downgrade":
+            await migrations.downgrade(db.engine, args.to)
+            print(f"downgraded to {args.to}")
+        legacy = await migrations.legacy_version(db.engine)
+        if legacy is not None:
+            print(f"schema version {legacy} (refund-mcp 0.1.0 migrations): `refund-mcp db upgrade` adopts it, keeping every row")
+        else:
+            print(f"schema revision {await migrations.current_revision(db.engine) or 'none'} (head {migrations.head_revision()})")
         return EXIT_OK
+    except migrations.SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         await db.dispose()
+
+
+def _scratch_sqlite_url() -> str:
+    import tempfile
+
+    return f"sqlite+aiosqlite:///{Path(tempfile.mkdtemp(prefix='refund-mcp-revision-')) / 'scratch.sqlite3'}"
 
 
 # ------------------------------------------------------------------ demo
@@ -261,7 +367,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refund-mcp", description="Refunds for LLM support agents, over MCP.")
+    from refund_mcp import __version__
+
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (to stderr)")
+    parser.add_argument("--version", action="version", version=f"refund-mcp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the MCP server (stdio by default)")
@@ -283,9 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="verify or export the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain; non-zero exit if broken")
+    verify = audit_sub.add_parser("verify", help="check the hash chain (and signed checkpoints); non-zero exit if broken")
+    verify.add_argument("--checkpoints", default=None, help="checkpoint file (JSON Lines) written by `audit checkpoint`")
+    verify.add_argument("--public-key", default=None, help="the Ed25519 public key (PEM) the checkpoints are signed with")
     export = audit_sub.add_parser("export", help="write the log as JSON Lines")
     export.add_argument("-o", "--output", default="-", help="file (default: stdout)")
+    checkpoint = audit_sub.add_parser("checkpoint", help="sign the chain's head with a key kept outside the database")
+    checkpoint.add_argument("--key", default=None, help="Ed25519 private key (PEM); default $REFUND_MCP_AUDIT_KEY")
+    checkpoint.add_argument(
+        "-o", "--output", default=None, help="checkpoint file to append to; default $REFUND_MCP_AUDIT_CHECKPOINTS, else print it"
+    )
+    keygen = audit_sub.add_parser("keygen", help="make an Ed25519 key pair for audit checkpoints")
+    keygen.add_argument("--private", required=True, help="where to write the private key (created 0600)")
+    keygen.add_argument("--public", required=True, help="where to write the public key")
 
     approvals = sub.add_parser("approvals", help="decide refunds waiting for a human approver")
     approvals_sub = approvals.add_subparsers(dest="approvals_command", required=True)
@@ -319,15 +438,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply pending schema migrations")
-    db_sub.add_parser("version", help="show the schema version")
+    db_sub.add_parser("upgrade", help="apply pending schema migrations (serve and worker also do on start)")
+    db_sub.add_parser("version", help="show the schema revision and the newest this refund-mcp knows")
+    down = db_sub.add_parser("downgrade", help="undo revisions down to --to (take a backup first)")
+    down.add_argument("--to", required=True, help="revision to stay at, or 'base' for an empty database")
+    revision = db_sub.add_parser("revision", help="(development) write a revision for the changes in store/tables.py")
+    revision.add_argument("-m", "--message", required=True)
+    revision.add_argument("--scratch-db", default=None, help="database to compare against (default: a new SQLite file)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if args.command in ("serve", "worker"):
+        from refund_mcp.observability import tracing
+
+        tracing.configure_from_env()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT or REFUND_MCP_OTEL=1
     from refund_mcp.policy import PolicyFileError
+    from refund_mcp.store.migrations import SchemaTooNew
 
     try:
         if args.command == "serve":
@@ -356,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tokens(args)
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp.server.transport_security import TransportSecuritySettings
@@ -121,13 +121,12 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
         )
 
     async def metrics(request: Request) -> Response:
-        lines = [
-            "# HELP refund_mcp_tool_calls_total Tool calls by tool and outcome code.",
-            "# TYPE refund_mcp_tool_calls_total counter",
-        ]
-        for (tool, outcome), count in sorted(server.calls.items()):
-            lines.append(f'refund_mcp_tool_calls_total{{tool="{tool}",outcome="{outcome}"}} {count}')
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        from refund_mcp.metrics import exposition
+        from refund_mcp.observability.state import STATE
+
+        await STATE.refresh()
+        body, content_type = exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     registered = {getattr(route, "path", None) for route in server._custom_starlette_routes}
     if "/healthz" not in registered:

@@ -6,7 +6,8 @@ SDK's own validation catches (wrapped as `[validation_error]` naming the fields)
 
 
 import logging
-from collections import Counter
+import re
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,10 +25,13 @@ from mcp.server.mcpserver import (
 )
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
+from refund_mcp import __version__
 from refund_mcp.auth import require_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
-from refund_mcp.domain.ids import REFUND_ID_PATTERN
+from refund_mcp.domain.ids import REFUND_ID_PATTERN, is_refund_id
 from refund_mcp.domain.models import RefundReason, RefundStatus
+from refund_mcp.metrics import TOOL_LATENCY, TOOL_NAMES, ToolCallCounts, closed_label
+from refund_mcp.observability import logs, tracing
 from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
 from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
 from refund_mcp.service.refunds import Confirmation, RefundInput, RefundService
@@ -101,9 +105,39 @@ class RefundMCPServer(MCPServer[Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.calls: Counter[tuple[str, str]] = Counter()
+        self.calls = ToolCallCounts()
+        self.actor_of: Any = lambda ctx: None  # set by build_server; names the caller in logs
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
+        """Every call is counted by outcome (in `_call_tool`), timed, traced and logged here."""
+        label = closed_label(name, TOOL_NAMES)
+        given = arguments.get("refund_id")
+        refund_id = given if isinstance(given, str) and is_refund_id(given) else None
+        started = time.perf_counter()
+        outcome = "ok"
+        with logs.bind(tool=label, actor=self.actor_of(context), refund_id=refund_id):
+            try:
+                with tracing.span(f"tool {label}", {"refund_mcp.tool": label}) as span:
+                    try:
+                        result = await self._call_tool(name, arguments, context)
+                    except Exception as exc:
+                        outcome = _outcome_code(exc)
+                        raise
+                    finally:
+                        span.set_attribute("refund_mcp.outcome", outcome)
+                    made = getattr(getattr(result, "structured_content", None) or {}, "get", lambda _key: None)("refund_id")
+                    if isinstance(made, str) and is_refund_id(made):
+                        logs.bind_refund(made)
+                        span.set_attribute("refund_mcp.refund_id", made)
+                    return result
+            finally:
+                elapsed = time.perf_counter() - started
+                TOOL_LATENCY.labels(tool=label).observe(elapsed)
+                logger.info(
+                    "tool %s: %s", label, outcome, extra={"outcome": outcome, "duration_ms": round(elapsed * 1000, 1)}
+                )
+
+    async def _call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None) -> Any:
         tool = self._tool_manager.get_tool(name)
         if tool is not None:
             known = set(tool.parameters.get("properties", {}))
@@ -135,9 +169,16 @@ class RefundMCPServer(MCPServer[Any]):
         return result
 
 
+def _outcome_code(exc: BaseException) -> str:
+    """The [code] a refused call answers with (the same words the tally and the audit log use)."""
+    match = re.search(r"\[([a-z_]+)\]", str(exc))
+    return match.group(1) if match else "error"
+
+
 def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     """`actor_of(ctx)` gives the caller's identity: the token's on HTTP, configuration on stdio."""
-    server = RefundMCPServer("refund-mcp", instructions=INSTRUCTIONS, version="0.1.0")
+    server = RefundMCPServer("refund-mcp", instructions=INSTRUCTIONS, version=__version__)
+    server.actor_of = actor_of
 
     async def confirm_if_needed(
         ctx: Context,

@@ -8,6 +8,10 @@ every submission reuses the refund's idempotency key, so a lapsed lease can neve
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -43,3 +47,34 @@ async def run_forever(service: RefundService, interval_seconds: float, stop: any
         if handled == 0:
             with anyio.move_on_after(interval_seconds):
                 await stop.wait()
+
+
+@dataclass(frozen=True)
+class CheckpointSchedule:
+    key: Path
+    path: Path
+    minutes: float
+
+
+def checkpoint_schedule(env: Mapping[str, str]) -> CheckpointSchedule | None:
+    """REFUND_MCP_AUDIT_CHECKPOINT_MINUTES with REFUND_MCP_AUDIT_KEY and REFUND_MCP_AUDIT_CHECKPOINTS:
+    the worker signs the audit head that often. Raises ValueError for an incomplete configuration."""
+    minutes = env.get("REFUND_MCP_AUDIT_CHECKPOINT_MINUTES", "").strip()
+    if not minutes:
+        return None
+    key, path = env.get("REFUND_MCP_AUDIT_KEY"), env.get("REFUND_MCP_AUDIT_CHECKPOINTS")
+    if not key or not path:
+        raise ValueError("REFUND_MCP_AUDIT_CHECKPOINT_MINUTES needs REFUND_MCP_AUDIT_KEY and REFUND_MCP_AUDIT_CHECKPOINTS")
+    try:
+        every = float(minutes)
+    except ValueError as exc:
+        raise ValueError(f"REFUND_MCP_AUDIT_CHECKPOINT_MINUTES must be a number of minutes, not {minutes!r}") from exc
+    if every <= 0:
+        raise ValueError("REFUND_MCP_AUDIT_CHECKPOINT_MINUTES must be positive")
+    return CheckpointSchedule(Path(key), Path(path), every)
+
+
+async def run_checkpoints(engine: Any, schedule: CheckpointSchedule, stop: anyio.Event) -> None:
+    from refund_mcp.audit.checkpoints import checkpoint_forever
+
+    await checkpoint_forever(engine, schedule.key, schedule.path, schedule.minutes, stop)

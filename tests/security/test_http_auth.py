@@ -190,7 +190,7 @@ def test_a_scope_refusal_is_written_to_the_audit_log_and_counted(deployment):
     refusals = [r for r in deployment.audit() if r["action"] == "access.denied" and r["target"] == "cancel_refund"]
     assert refusals and refusals[-1]["actor"] == "reader-bot" and refusals[-1]["error_code"] == "forbidden"
     text = httpx2.get(f"{deployment.server.base}/metrics").text
-    assert 'refund_mcp_tool_calls_total{tool="cancel_refund",outcome="forbidden"}' in text
+    assert 'refund_mcp_tool_calls_total{outcome="forbidden",tool="cancel_refund"}' in text
 
 
 def test_health_and_metrics_need_no_token(deployment):

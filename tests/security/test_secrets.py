@@ -1,4 +1,4 @@
-"""No configured secret and no bearer token appears in logs, audit records, tool results or error texts.
+"""No configured secret and no bearer token appears in logs (text and JSON), traces, audit records, tool results or error texts.
 
 Two full sessions with fake credentials for every processor: one in-process (logs captured with
 caplog at DEBUG, processors answered by a hostile fake that echoes credentials back in its error
@@ -8,6 +8,7 @@ processors unreachable, audit read with `refund-mcp audit export`).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
@@ -152,18 +153,44 @@ async def exercise_every_tool(client: Client) -> dict[str, str]:
         pytest.param(echoing_processors, id="processors-echoing-credentials"),
     ],
 )
-async def test_no_secret_reaches_logs_results_or_the_audit_log_in_process(app_factory, caplog, processors):
+async def test_no_secret_reaches_logs_traces_results_or_the_audit_log_in_process(app_factory, caplog, processors):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from refund_mcp.observability import logs, tracing
+
     env = fake_credentials("https://processor.test")
     secrets = [*configured_secrets(env), PAYPAL_ACCESS_TOKEN]
     caplog.set_level(logging.DEBUG)
-    async with httpx2.AsyncClient(transport=httpx2.MockTransport(processors)) as http:
-        async with app_factory(env=env, http=http) as app:
-            async with Client(app.server) as client:
-                seen = await exercise_every_tool(client)
-            await run_once(app.service)  # retries of queued refunds log too
-            records = [record async for record in audit.export(app.db.engine)]
+    json_lines = io.StringIO()
+    json_handler = logging.StreamHandler(json_lines)
+    json_handler.setFormatter(logs.JsonFormatter())
+    logging.getLogger().addHandler(json_handler)
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.use_provider(provider)
+    try:
+        async with httpx2.AsyncClient(transport=httpx2.MockTransport(processors)) as http:
+            async with app_factory(env=env, http=http) as app:
+                async with Client(app.server) as client:
+                    seen = await exercise_every_tool(client)
+                await run_once(app.service)  # retries of queued refunds log too
+                records = [record async for record in audit.export(app.db.engine)]
+    finally:
+        tracing.use_provider(None)
+        logging.getLogger().removeHandler(json_handler)
+    traced = spans.get_finished_spans()
     assert len(records) >= 10
-    texts = {**seen, "logs": caplog.text, "audit": json.dumps(records, default=str)}
+    assert any(span.name.startswith("processor.") for span in traced)
+    texts = {
+        **seen,
+        "logs": caplog.text,
+        "json logs": json_lines.getvalue(),
+        "spans": "\n".join(span.to_json() for span in traced),
+        "audit": json.dumps(records, default=str),
+    }
     assert leaks(secrets, texts) == []
 
 
@@ -171,7 +198,8 @@ async def test_no_secret_or_bearer_token_reaches_the_servers_stderr_results_or_a
     unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens: every processor call fails to connect
     tokens = tmp_path / "tokens.yaml"
     bearer, _ = add_token(tokens, "support-bot", ["refunds:read", "refunds:write"])
-    env = {**base_env(tmp_path), **fake_credentials(unreachable), "REFUND_MCP_TOKENS": str(tokens)}
+    # JSON logs here (the in-process test reads both formats): every line the server writes is scanned.
+    env = {**base_env(tmp_path), **fake_credentials(unreachable), "REFUND_MCP_TOKENS": str(tokens), "REFUND_MCP_LOG_FORMAT": "json"}
     secrets = [*configured_secrets(env), bearer]
 
     with refund_mcp_http(env, tmp_path) as server:
@@ -187,7 +215,7 @@ async def test_no_secret_or_bearer_token_reaches_the_servers_stderr_results_or_a
         for name, response in refusals.items():
             seen[f"http: {name}"] = f"{response.status_code} {dict(response.headers)} {response.text}"
     stderr = server.stderr()
-    assert "DEBUG" in stderr, "the server ran with debug logging, so the scan covers everything it can say"
+    assert '"level": "DEBUG"' in stderr, "the server ran with debug logging, so the scan covers everything it can say"
     exported = run_cli(env, "audit", "export")
     assert exported.returncode == 0, exported.stderr
     assert len(exported.stdout.splitlines()) >= 10

@@ -45,9 +45,13 @@ class VerifyResult:
 
 
 class ChainWalker:
-    """Checks records one at a time, in seq order, so a long chain is verified in constant memory."""
+    """Checks records one at a time, in seq order, so a long chain is verified in constant memory.
 
-    def __init__(self) -> None:
+    `anchors` ({seq: hash}, from signed checkpoints) pin records to hashes recorded outside the
+    database: a chain rewritten consistently, or cut short with its head moved back, fails on them."""
+
+    def __init__(self, anchors: Mapping[int, str] | None = None) -> None:
+        self.anchors = dict(anchors or {})
         self.expected_prev = GENESIS_HASH
         self.expected_seq = 1
         self.count = 0
@@ -73,6 +77,9 @@ class ChainWalker:
             return f"record {record.seq} does not follow record {record.seq - 1}"
         if record_hash(record.prev_hash, record.body) != record.hash:
             return f"record {record.seq} was altered (hash mismatch)"
+        anchored = self.anchors.get(record.seq)
+        if anchored is not None and anchored != record.hash:
+            return f"record {record.seq} differs from its signed checkpoint: the chain was rewritten"
         try:
             body = json.loads(record.body)
         except ValueError:
@@ -85,6 +92,11 @@ class ChainWalker:
     def finish(self, head_seq: int, head_hash: str) -> VerifyResult:
         if self.failure is not None:
             return self.failure
+        signed = max(self.anchors, default=0)
+        if signed > self.count:
+            return VerifyResult(
+                False, self.count, f"the chain ends at record {self.count} but a signed checkpoint covers record {signed}: records were removed", self.count + 1
+            )
         if self.count != head_seq or self.expected_prev != head_hash:
             # Records removed from the end leave a consistent but short chain; the head row remembers.
             return VerifyResult(False, self.count, f"the chain ends at record {self.count} but its head says {head_seq}", self.count + 1)

@@ -109,10 +109,11 @@ async def _stream(engine: AsyncEngine, batch: int = 5000, upto: int | None = Non
         last = rows[-1].seq
 
 
-async def verify(engine: AsyncEngine) -> VerifyResult:
+async def verify(engine: AsyncEngine, anchors: Mapping[int, str] | None = None) -> VerifyResult:
+    """Walk the chain up to its head; `anchors` ({seq: hash} from signed checkpoints) must match too."""
     async with engine.connect() as conn:
         head = (await conn.execute(select(tables.audit_head).where(tables.audit_head.c.id == 1))).one()
-    walker = ChainWalker()
+    walker = ChainWalker(anchors)
     # Only up to the head read above: records appended while verifying belong to the next run.
     async for record in _stream(engine, upto=head.seq):
         if not walker.feed(record):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from refund_mcp.domain.errors import ValidationFailed
 from refund_mcp.domain.money import format_display
+from refund_mcp.observability.tracing import traced
 from refund_mcp.policy.schema import Limits, Overrides, Policy, When
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ class PolicyEngine:
         """The policy as loaded, with its path and raw text."""
         return self._loaded
 
+    @traced("policy.decision", lambda decision: {"refund_mcp.policy.outcome": decision.outcome.value, "refund_mcp.policy.version": decision.policy_version})
     def evaluate(self, request: PolicyRequest) -> Decision:
         """Decide a refund request; the outcome is the strictest of all evaluated settings."""
         results = list(_source_checks(self._policy, "", request, top_level=True))

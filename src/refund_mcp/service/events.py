@@ -21,6 +21,7 @@ from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.ids import is_refund_id, new_refund_id
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus, TransactionInfo
+from refund_mcp.observability.tracing import traced_async
 from refund_mcp.store import queries, tables
 from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, WebhookEvent
 
@@ -28,6 +29,7 @@ from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, 
 class EventsMixin:
     """Mixed into RefundService."""
 
+    @traced_async("webhook.apply", lambda outcome: {"refund_mcp.webhook.outcome": outcome})
     async def apply_event(self, event: WebhookEvent) -> str:
         """Record one verified event; returns what happened: applied | replay | ignored | external | unknown."""
         now = self.clock()

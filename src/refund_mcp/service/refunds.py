@@ -53,6 +53,7 @@ from refund_mcp.domain.models import (
     may_transition,
 )
 from refund_mcp.domain.money import MAX_AMOUNT_MINOR, format_display, normalize_currency
+from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.registry import ProcessorRegistry
@@ -554,6 +555,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             return await self._submit(view.refund_id, caller=actor, raise_declined=True)
         return view
 
+    @traced_async("refund.reserve", lambda reserved: {"refund_mcp.refund_id": reserved[0].refund_id, "refund_mcp.refund_status": str(reserved[0].status)})
     async def _reserve(
         self,
         actor: str,

@@ -64,7 +64,7 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._local_writer = asyncio.Lock() if self.dialect == "sqlite" else None
 
-    async def migrate(self) -> list[migrations.Migration]:
+    async def migrate(self) -> list[migrations.Applied]:
         return await migrations.upgrade(self.engine)
 
     @asynccontextmanager

@@ -1,4 +1,4 @@
-"""Table definitions (SQLAlchemy Core). Changes go through store/migrations.py, never create_all."""
+"""Table definitions (SQLAlchemy Core). Every change here needs an Alembic revision (store/alembic/README), never create_all."""
 
 from __future__ import annotations
 
@@ -44,14 +44,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-
-schema_migrations = Table(
-    "schema_migrations",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("description", String(200), nullable=False),
-    Column("applied_at", UTCDateTime, nullable=False),
-)
 
 transactions = Table(
     "transactions",
