@@ -341,7 +341,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             refundable=bool(txn.refundable),
             customer_ref=txn.customer_ref,
             created_at=txn.created_at,
-            description=views.cap_untrusted(txn.description),
+            description=txn.description,
             source=source,  # type: ignore[arg-type]
             message=message,
             refunds=[self._refund_view(row) for row in refunds],
@@ -475,6 +475,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             refundable_minor=ev.balance.refundable_minor,
             policy_version=version,
             message=messages[decision],
+            customer_ref=ev.txn.customer_ref,
         )
 
     def may_need_confirmation(self, amount_minor: int | None) -> bool:
@@ -1085,7 +1086,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             currency=row.currency,
             amount_display=format_display(row.amount_minor, row.currency),
             reason=row.reason,
-            note=views.cap_untrusted(row.note),
+            note=row.note,
             actor=row.actor,
             origin=row.origin,
             created_at=row.created_at,
