@@ -116,6 +116,10 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:  # report, don't crash: this is what load balancers poll
             return JSONResponse({"status": "unhealthy", "database": type(exc).__name__}, status_code=503)
+        auth_problem = config.problem()
+        if auth_problem is not None:
+            # Credentials fail closed; say so where operators and load balancers look.
+            return JSONResponse({"status": "degraded", "auth": auth_problem}, status_code=503)
         return JSONResponse(
             {"status": "ok", "processors": app.processors.names(), "policy_version": app.policy.engine().version}
         )

@@ -254,3 +254,9 @@ async def test_an_issuer_that_was_never_reachable_means_401_not_a_crash():
     verifier, endpoint = verifier_for([], FakeClock())
     endpoint.down = True
     assert await verifier.verify_token(mint(rsa_key("any"))) is None
+
+
+@pytest.mark.parametrize("subject", ["refund-mcp", "Refund-MCP", "external", "webhook:stripe", "refund-mcp-worker"])
+def test_a_jwt_whose_subject_is_a_name_refund_mcp_writes_itself_is_401(oauth, subject):
+    assert status_of(oauth, oauth.token(sub=subject)) == 401
+    assert status_of(oauth, oauth.token(sub=None, client_id=subject)) == 401

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from refund_mcp.auth.actors import ACTOR_PATTERN, is_reserved_actor
 from refund_mcp.auth.scopes import ALL_SCOPES
 
 TOKEN_PREFIX = "rmcp_"
-# Actors appear in the audit log and as keys of the policy's `actors:` section.
-ACTOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,99}$"
 FILE_MODE = 0o600
 _HEADER = (
     "# refund-mcp bearer tokens: SHA-256 hashes only, never the tokens themselves.\n"
@@ -47,6 +46,13 @@ class TokenEntry(BaseModel):
     scopes: tuple[Scope, ...] = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime | None = None
+
+    @field_validator("actor")
+    @classmethod
+    def _not_reserved(cls, actor: str) -> str:
+        if is_reserved_actor(actor):
+            raise ValueError(f"{actor!r} is a name refund-mcp writes as actor itself (refund-mcp…, external, webhook:…)")
+        return actor
 
     @property
     def fingerprint(self) -> str:
@@ -114,7 +120,9 @@ def parse_tokens(text: str, source: str) -> list[TokenEntry]:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokensFileError(f"{path}: the tokens file is not UTF-8") from exc
     except OSError as exc:
         raise TokensFileError(f"{path}: cannot read the tokens file: {exc.strerror}") from exc
 
