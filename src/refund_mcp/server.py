@@ -27,6 +27,7 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
 from refund_mcp import __version__
 from refund_mcp.auth import require_scope
+from refund_mcp.auth.scopes import OPERATE, has_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN, is_refund_id
 from refund_mcp.domain.models import RefundReason, RefundStatus
@@ -312,7 +313,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         """Cancel a refund that is waiting for approval or queued (not yet at the processor), or one that requires
         action on Stripe. Anything else is [not_supported], naming the processor."""
         require_scope("cancel_refund")
-        return await service.cancel_refund(actor_of(ctx), refund_id, reason)
+        return await service.cancel_refund(actor_of(ctx), refund_id, reason, operator=has_scope(OPERATE))
 
     @server.tool(title="List refunds", annotations=_READ)
     async def list_refunds(

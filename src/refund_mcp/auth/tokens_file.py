@@ -32,7 +32,7 @@ _HEADER = (
     "# Managed with `refund-mcp tokens add|list|revoke`; keep this file private (mode 0600).\n"
 )
 
-Scope = Literal["refunds:read", "refunds:write"]
+Scope = Literal["refunds:read", "refunds:write", "refunds:operate"]
 
 
 class TokensFileError(ValueError):

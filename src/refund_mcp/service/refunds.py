@@ -32,6 +32,7 @@ from refund_mcp.domain.errors import (
     AmountExceedsRefundable,
     ConfirmationDeclined,
     CurrencyMismatch,
+    Forbidden,
     IdempotencyConflict,
     NotRefundable,
     NotSupported,
@@ -925,16 +926,28 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             await self._audit_error(actor, "refund.status", refund_id[:40], exc, request)
             raise
 
-    async def cancel_refund(self, actor: str, refund_id: str, reason: str | None = None) -> views.RefundView:
+    async def cancel_refund(
+        self, actor: str, refund_id: str, reason: str | None = None, *, operator: bool = False
+    ) -> views.RefundView:
+        """Cancel a refund. Its own actor may; anyone else needs `operator` (the refunds:operate scope),
+        and such a cancel is audited as an operator's, naming the refund's actor."""
         request = {"refund_id": refund_id, "reason": reason}
         await self.guard_tool("cancel_refund", actor, request)
         try:
             async with self.db.write() as conn:
                 row = await self._get_row(conn, refund_id)
+                if row.actor != actor and not operator:
+                    raise Forbidden(
+                        f"refund {refund_id} was requested by another actor; only its own actor may cancel it, "
+                        "or an operator whose token has scope refunds:operate"
+                    )
+                # An operator's cancel of someone else's refund is recorded as such, naming whose it was.
+                action = "refund.cancel" if row.actor == actor else "refund.operator_cancel"
+                whose = None if row.actor == actor else {"refund_actor": row.actor}
                 status = RefundStatus(row.status)
                 now = self.clock()
                 if status is RefundStatus.CANCELLED:
-                    await audit.append(conn, AuditEntry(actor=actor, action="refund.cancel", target=refund_id, outcome="cancelled", request=request, detail={"already": True}))
+                    await audit.append(conn, AuditEntry(actor=actor, action=action, target=refund_id, outcome="cancelled", request=request, detail={"already": True, **(whose or {})}))
                     view = self._refund_view(row)
                     view.message = "Already cancelled."
                     return view
@@ -949,7 +962,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                     if status is RefundStatus.PENDING_APPROVAL:
                         values |= {"approval_state": "cancelled", "approval_decided_by": actor, "approval_decided_at": now}
                     await queries.update_refund(conn, refund_id, **values)
-                    await audit.append(conn, AuditEntry(actor=actor, action="refund.cancel", target=refund_id, outcome="cancelled", request=request))
+                    await audit.append(conn, AuditEntry(actor=actor, action=action, target=refund_id, outcome="cancelled", request=request, detail=whose))
                     view = self._refund_view(await queries.get_refund(conn, refund_id))
                     view.message = "Cancelled before it reached the processor; the amount is released."
                     return view
@@ -967,7 +980,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 )
             answer = await processor.cancel_refund(row.processor_refund_id)
             async with self.db.write() as conn:
-                return await self.apply_processor_state(conn, refund_id, answer, actor=actor, action="refund.cancel")
+                return await self.apply_processor_state(conn, refund_id, answer, actor=actor, action=action)
         except RefundError as exc:
             await self._audit_error(actor, "refund.cancel", refund_id[:40], exc, request)
             raise
