@@ -23,7 +23,7 @@ from mcp.server.mcpserver import (
     MCPServer,
     Resolve,
 )
-from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
 from refund_mcp import __version__
 from refund_mcp.auth import require_scope
@@ -351,29 +351,34 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         return await service.check_refund_policy(actor_of(ctx), transaction_id, reason.value, amount_minor, currency)
 
     @server.resource("refunds://policy", name="policy", title="Effective refund policy", mime_type="application/yaml")
-    def policy_resource() -> str:
+    async def policy_resource() -> str:
         """The refund policy in force, as YAML, with its version."""
         require_scope("refunds://policy")
-        engine = service.policy.engine()
-        return f"# policy version {engine.version}\n{engine.loaded.text}"
+        try:
+            # Static resources get no Context; the caller's identity comes from the request's token.
+            return await service.read_policy(actor_of(None))
+        except RefundError as exc:
+            raise ResourceError(str(exc)) from exc
 
     @server.resource(
         "refunds://refund/{refund_id}", name="refund", title="A refund with its audit trail", mime_type="application/json"
     )
-    async def refund_resource(refund_id: str) -> str:
+    async def refund_resource(refund_id: str, ctx: Context) -> str:
         """One refund and every audit record about it."""
         require_scope("refunds://refund/{refund_id}")
         import json
 
         try:
-            return json.dumps(await service.refund_with_trail(refund_id), default=str, indent=2)
+            return json.dumps(await service.refund_for_agent(actor_of(ctx), refund_id), default=str, indent=2)
         except RefundError as exc:
-            raise ValueError(str(exc)) from exc
+            # A ResourceError: the SDK answers with this `[code] message` rather than as a crash.
+            raise ResourceError(str(exc)) from exc
 
     @server.prompt(name="handle_refund_request", title="Handle a customer's refund request")
-    def handle_refund_request(customer_message: str = "", transaction_id: str = "") -> str:
+    async def handle_refund_request(ctx: Context, customer_message: str = "", transaction_id: str = "") -> str:
         """A short, safe procedure for handling a refund request."""
         require_scope("handle_refund_request")
+        await service.record_prompt(actor_of(ctx), "handle_refund_request")
         return (
             "Handle this refund request safely, step by step:\n"
             "1. Verify the customer: the email or id they gave must match the payment's customer_ref.\n"

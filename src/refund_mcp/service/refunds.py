@@ -66,6 +66,7 @@ from refund_mcp.service.metadata import decode as decode_metadata
 from refund_mcp.service.metadata import encode as encode_metadata
 from refund_mcp.service.metadata import validate_metadata
 from refund_mcp.service.operators import OperatorActionsMixin
+from refund_mcp.service.untrusted import untrusted_tree
 from refund_mcp.settings import Settings
 from refund_mcp.store import queries
 from refund_mcp.store.database import Database
@@ -1024,10 +1025,44 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             raise
 
     async def refund_with_trail(self, refund_id: str) -> dict[str, Any]:
+        """A refund with its whole audit trail, for operators (the CLI)."""
         async with self.db.read() as conn:
             row = await self._get_row(conn, refund_id)
             trail = await audit.trail(conn, refund_id)
         return {"refund": self._refund_view(row).model_dump(mode="json"), "audit_trail": trail}
+
+    async def refund_for_agent(self, actor: str, refund_id: str) -> dict[str, Any]:
+        """The refunds://refund/{id} resource: gated and audited like get_refund_status, which it mirrors.
+
+        The trail is shown without other actors' private request fields, and its text made safe."""
+        request = {"refund_id": refund_id}
+        await self.guard_tool("get_refund_status", actor, request)
+        try:
+            async with self.db.write() as conn:
+                row = await self._get_row(conn, refund_id)
+                trail = await audit.trail(conn, refund_id)
+                await audit.append(conn, AuditEntry(actor=actor, action="refund.read", target=refund_id, outcome="ok", request=request))
+        except RefundError as exc:
+            await self._audit_error(actor, "refund.read", refund_id[:40], exc, request)
+            raise
+        shown = [untrusted_tree(_without_private_fields(record, actor)) for record in trail]
+        return {"refund": self._refund_view(row).model_dump(mode="json"), "audit_trail": shown}
+
+    async def read_policy(self, actor: str) -> str:
+        """The refunds://policy resource: gated and audited like check_refund_policy, which it mirrors."""
+        request = {"resource": "refunds://policy"}
+        await self.guard_tool("check_refund_policy", actor, request)
+        engine = self.policy.engine()
+        async with self.db.write() as conn:
+            await audit.append(conn, AuditEntry(actor=actor, action="policy.read", target=None, outcome="ok", request=request, detail={"policy_version": engine.version}))
+        return f"# policy version {engine.version}\n{engine.loaded.text}"
+
+    async def record_prompt(self, actor: str, name: str) -> None:
+        """A prompt is gated by the first tool its procedure uses (lookup_transaction) and audited."""
+        request = {"prompt": name}
+        await self.guard_tool("lookup_transaction", actor, request)
+        async with self.db.write() as conn:
+            await audit.append(conn, AuditEntry(actor=actor, action="prompt.get", target=None, outcome="ok", request=request))
 
     # ----------------------------------------------------------------- worker steps
 
@@ -1110,6 +1145,17 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             processor_request_id=row.processor_request_id,
             metadata=decode_metadata(row.refund_metadata),
         )
+
+
+# What a caller wrote for themselves: shown in a trail only to that same actor.
+PRIVATE_REQUEST_FIELDS = ("note", "customer_ref", "idempotency_key")
+
+
+def _without_private_fields(record: dict[str, Any], viewer: str) -> dict[str, Any]:
+    request = record.get("request")
+    if record.get("actor") == viewer or not isinstance(request, dict):
+        return record
+    return {**record, "request": {key: value for key, value in request.items() if key not in PRIVATE_REQUEST_FIELDS}}
 
 
 class _Rollback(Exception):
