@@ -8,6 +8,7 @@ SDK's own validation catches (wrapped as `[validation_error]` naming the fields)
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -27,7 +28,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ToolError, Unexpected
 from mcp.types import ToolAnnotations
 from refund_mcp import __version__
 from refund_mcp.auth import require_scope
-from refund_mcp.auth.scopes import OPERATE, has_scope
+from refund_mcp.auth.scopes import OPERATE, ScopeDenied, has_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN, is_refund_id
 from refund_mcp.domain.models import RefundReason, RefundStatus
@@ -36,6 +37,7 @@ from refund_mcp.observability import logs, tracing
 from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
 from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
 from refund_mcp.service.refunds import Confirmation, RefundInput, RefundService
+from refund_mcp.service.refusals import record_refused_call
 from refund_mcp.service.untrusted import confirmation_prompt, fenced, untrusted_text
 from refund_mcp.service.views import PolicyCheckView, RefundPage, RefundView, TransactionView
 
@@ -99,16 +101,26 @@ class ResolvedConfirmation(BaseModel):
     state: Literal["not_needed", "unavailable"]
 
 
+# (tool name as called, whether it is ours, error code, message, argument names)
+RefusalRecorder = Callable[[str, bool, str, str, list[str]], Awaitable[None]]
+
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
 class RefundMCPServer(MCPServer[Any]):
-    """MCPServer with the contract's error format and a refusal of unknown arguments."""
+    """MCPServer with the contract's error format, a refusal of unknown arguments, and an audit
+    record for every call refused before a tool body ran (`on_refusal`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls = ToolCallCounts()
         self.actor_of: Any = lambda ctx: None  # set by build_server; names the caller in logs
+        self.on_refusal: RefusalRecorder | None = None
+
+    async def _refused(self, name: str, known: bool, code: str, message: str, arguments: dict[str, Any]) -> None:
+        self.calls[(name, code)] += 1
+        if self.on_refusal is not None:
+            await self.on_refusal(name, known, code, message, list(arguments))
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
         """Every call is counted by outcome (in `_call_tool`), timed, traced and logged here."""
@@ -141,18 +153,23 @@ class RefundMCPServer(MCPServer[Any]):
 
     async def _call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None) -> Any:
         tool = self._tool_manager.get_tool(name)
+        known = tool is not None
         if tool is not None:
-            known = set(tool.parameters.get("properties", {}))
-            unknown = sorted(str(key) for key in arguments if key not in known)
+            known_names = set(tool.parameters.get("properties", {}))
+            unknown = sorted(str(key) for key in arguments if key not in known_names)
             if unknown:
-                self.calls[(name, "validation_error")] += 1
-                raise ToolError(f"Error executing tool {name}: [validation_error] unknown argument(s): {', '.join(unknown)[:200]}")
+                message = f"[validation_error] unknown argument(s): {', '.join(unknown)[:200]}"
+                await self._refused(name, known, "validation_error", message, arguments)
+                raise ToolError(f"Error executing tool {name}: {message}")
         try:
             result = await super().call_tool(name, arguments, context)
         except UnexpectedToolError as exc:
             cause = exc.__cause__
+            if isinstance(cause, ScopeDenied):
+                await self._refused(name, known, cause.code, str(cause), arguments)
+                raise ToolError(f"Error executing tool {name}: {cause}") from cause
             if isinstance(cause, RefundError):
-                self.calls[(name, cause.code)] += 1
+                self.calls[(name, cause.code)] += 1  # the service audited it
                 raise ToolError(f"Error executing tool {name}: {cause}") from cause
             self.calls[(name, "internal_error")] += 1
             raise
@@ -161,11 +178,10 @@ class RefundMCPServer(MCPServer[Any]):
             if isinstance(cause, ValidationError):
                 fields = sorted({".".join(str(part) for part in err["loc"]) or "arguments" for err in cause.errors()})
                 problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in cause.errors()[:5])
-                self.calls[(name, "validation_error")] += 1
-                raise ToolError(
-                    f"Error executing tool {name}: [validation_error] invalid argument(s) {', '.join(fields)}: {problems}"[:600]
-                ) from cause
-            self.calls[(name, "error")] += 1
+                message = f"[validation_error] invalid argument(s) {', '.join(fields)}: {problems}"
+                await self._refused(name, known, "validation_error", message, arguments)
+                raise ToolError(f"Error executing tool {name}: {message}"[:600]) from cause
+            await self._refused(name, known, "error", str(exc), arguments)
             raise
         self.calls[(name, "ok")] += 1
         return result
@@ -181,6 +197,13 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     """`actor_of(ctx)` gives the caller's identity: the token's on HTTP, configuration on stdio."""
     server = RefundMCPServer("refund-mcp", instructions=INSTRUCTIONS, version=__version__)
     server.actor_of = actor_of
+
+    async def record_refusal(name: str, known: bool, code: str, message: str, argument_names: list[str]) -> None:
+        await record_refused_call(
+            service.db, actor=actor_of(None), tool=name, known_tool=known, code=code, message=message, argument_names=argument_names
+        )
+
+    server.on_refusal = record_refusal
 
     async def confirm_if_needed(
         ctx: Context,

@@ -169,7 +169,7 @@ def test_the_401_points_to_protected_resource_metadata_that_names_the_issuer_and
     metadata = httpx2.get(metadata_url).json()
     assert metadata["resource"] == oauth.audience
     assert [url.rstrip("/") for url in metadata["authorization_servers"]] == [oauth.issuer.url]
-    assert sorted(metadata["scopes_supported"]) == ["refunds:read", "refunds:write"]
+    assert sorted(metadata["scopes_supported"]) == ["refunds:operate", "refunds:read", "refunds:write"]
 
 
 def test_a_jwks_url_over_plain_http_to_another_host_is_refused_at_start(tmp_path):

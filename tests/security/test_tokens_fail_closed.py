@@ -39,7 +39,7 @@ async def test_a_tokens_file_that_becomes_unreadable_refuses_every_token_until_i
     path.mkdir()
     assert await verifier.verify_token(revoked) is None
     assert await verifier.verify_token(kept) is None, "no static token while the file cannot be read"
-    assert verifier.problem is not None and "cannot be read" in verifier.problem
+    assert verifier.problem is not None and "cannot read" in verifier.problem
     path.rmdir()
     path.write_text(text)  # the operator fixes it: nothing restarts, the next request loads it
     assert (await verifier.verify_token(kept)).client_id == "kept-bot"

@@ -93,11 +93,8 @@ class StaticTokenVerifier(TokenVerifier):
         except UnicodeDecodeError:
             self._fail(f"tokens file {self.path} is not UTF-8")
             return
-        except FileNotFoundError:
-            self._fail(f"tokens file {self.path} is gone")
-            return
         except OSError as exc:
-            self._fail(f"tokens file {self.path} cannot be read: {exc.strerror}")
+            self._fail(f"cannot read the tokens file {self.path}: {exc.strerror}")
             return
         except TokensFileError as exc:
             self._fail(str(exc))
