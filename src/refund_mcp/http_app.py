@@ -34,6 +34,9 @@ MCP_PATH = "/mcp"
 # A tool call is a few hundred bytes; a quarter MiB leaves room for any honest request while keeping
 # what one unauthenticated or hostile client can make us buffer small.
 MAX_REQUEST_BODY_BYTES = 256 * 1024
+# Connections and tasks uvicorn serves at once before answering 503: what slow or stalled clients
+# can hold is bounded whether or not a proxy sits in front.
+MAX_CONCURRENT_CONNECTIONS = 200
 
 
 def transport_security(config: AuthConfig) -> TransportSecuritySettings:
@@ -182,6 +185,13 @@ async def serve_http(app: Any, host: str, port: int, *, auth: AuthConfig | None 
     # No access log: request lines are not worth the risk of a URL that carries something secret.
     # MCP clients keep their connection between calls; uvicorn's 5 s default closes it under their feet.
     uv_config = uvicorn.Config(
-        starlette_app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, timeout_keep_alive=30
+        starlette_app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_keep_alive=30,
+        limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
     )
     await uvicorn.Server(uv_config).serve()
