@@ -237,9 +237,15 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         return processor
 
     async def _fetch_transaction(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
-        """Ask the processor; fall back to our record when it cannot answer. Returns (fresh info, note)."""
+        """Ask the processor; fall back to our record when it cannot answer. Returns (fresh info, note).
+
+        Raises:
+            ProcessorUnavailable: the processor cannot answer and we have no record of the payment:
+                that is an outage, never a payment that does not exist.
+        """
         processor = self._processor(ref.processor)
         if self.breaker.is_open(ref.processor):
+            await self._require_record(ref, "is unavailable right now (too many recent failures)")
             return None, f"{ref.processor} is unavailable right now; showing refund-mcp's records"
         try:
             info = await processor.lookup_transaction(ref.bare_id)
@@ -247,6 +253,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         except ProcessorCallError as exc:
             if exc.retryable:
                 self.breaker.record_failure(ref.processor)
+                await self._require_record(ref, f"could not be reached ({exc.code})")
                 return None, f"{ref.processor} could not be reached ({exc.code}); showing refund-mcp's records"
             raise
         except (TransactionNotFound, NotSupported):
@@ -254,6 +261,16 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             return None, None
         self.breaker.record_success(ref.processor)
         return info, None
+
+    async def _require_record(self, ref: TransactionRef, what: str) -> None:
+        async with self.db.read() as conn:
+            known = await queries.get_transaction(conn, ref.canonical)
+        if known is None:
+            raise ProcessorUnavailable(
+                f"{ref.processor} {what} and {ref.canonical} is not in refund-mcp's records yet, so it cannot be "
+                "checked now. This says nothing about whether the payment exists; try again later.",
+                processor=ref.processor,
+            )
 
     async def _fetch_transaction_once(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
         previewed = self._previewed.pop(ref.canonical, None)
