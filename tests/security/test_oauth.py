@@ -260,3 +260,42 @@ async def test_an_issuer_that_was_never_reachable_means_401_not_a_crash():
 def test_a_jwt_whose_subject_is_a_name_refund_mcp_writes_itself_is_401(oauth, subject):
     assert status_of(oauth, oauth.token(sub=subject)) == 401
     assert status_of(oauth, oauth.token(sub=None, client_id=subject)) == 401
+
+
+async def test_an_issuer_down_at_start_is_fetched_once_for_a_burst_of_tokens_then_after_a_backoff():
+    import anyio
+
+    clock = FakeClock()
+    key = rsa_key("k1")
+    endpoint = CountingIssuer([key])
+    endpoint.down = True
+    released = anyio.Event()
+
+    async def slow_issuer(request: httpx2.Request) -> httpx2.Response:
+        await released.wait()  # an issuer that answers only after a while (a timeout, say)
+        return endpoint(request)
+
+    from refund_mcp.auth.jwks import JwksCache
+    from refund_mcp.auth.oauth import JwtVerifier
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(slow_issuer))
+    cache = JwksCache("https://idp.example.com/jwks", http=http, ttl_seconds=900, refetch_cooldown_seconds=10, clock=clock)
+    verifier = JwtVerifier(issuer="https://idp.example.com", audience="https://refunds.example.com/mcp", jwks=cache)
+    results: list[object] = []
+
+    async def verify() -> None:
+        results.append(await verifier.verify_token(mint(key)))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(verify)
+        await anyio.wait_all_tasks_blocked()
+        released.set()
+    assert results == [None] * 20
+    assert endpoint.fetches == 1, "one fetch for the whole burst; the others did not each wait for their own"
+    assert await verifier.verify_token(mint(key)) is None
+    assert endpoint.fetches == 1, "within the backoff a token is refused without fetching"
+    clock.now += 10
+    endpoint.down = False
+    assert (await verifier.verify_token(mint(key))).client_id == "agent"
+    assert endpoint.fetches == 2
