@@ -5,6 +5,7 @@ writes as actor itself cannot be given to a token."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -152,12 +153,13 @@ def test_a_server_run_by_another_user_refuses_every_static_token_once_a_revoke_l
             wait_until_healthy(f"{base}/healthz", proc)
             call = tool_call("list_refunds")
             assert mcp_post(f"{base}/mcp", call, token=revoked).status_code == 200
-            # `sudo refund-mcp tokens revoke`: the file is rewritten by root, mode 0600; for the
-            # capability-less root server it is owned by someone else, which it equally cannot read.
+            # A revoke run as root: `tokens revoke` keeps the file's owner, so the file is then handed to
+            # someone else, mode 0600, as an editor or an older tool running as root leaves it (for the
+            # capability-less root server: another owner, which it equally cannot read).
             finished = run_cli({"REFUND_MCP_TOKENS": str(path)}, "tokens", "revoke", entry.fingerprint)
             assert finished.returncode == 0, finished.stderr
-            if not server_owner:
-                os.chown(path, 65534, 65534)
+            assert path.stat().st_uid == (pwd.getpwnam(server_owner).pw_uid if server_owner else 0), "revoke keeps the owner"
+            os.chown(path, 0 if server_owner else 65534, 0 if server_owner else 65534)
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
             assert mcp_post(f"{base}/mcp", call, token=revoked).status_code == 401
             assert mcp_post(f"{base}/mcp", call, token=kept).status_code == 401, "no static token while unreadable"
@@ -180,3 +182,13 @@ def test_a_server_run_by_another_user_refuses_every_static_token_once_a_revoke_l
         assert "every static bearer token is refused" in stderr
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give the file to another owner")
+def test_a_revoke_run_as_root_keeps_the_owner_the_server_reads_the_file_as(tmp_path):
+    path = tmp_path / "tokens.yaml"
+    _, entry = add_token(path, "bot", ["refunds:read"])
+    os.chown(path, 65534, 65534)
+    remove_tokens(path, entry.sha256[:16])
+    assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -186,8 +186,13 @@ def remove_tokens(path: Path, prefix: str) -> list[TokenEntry]:
 
 
 def _rewrite(path: Path, entries: Iterable[TokenEntry]) -> None:
+    original = path.stat()
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if os.geteuid() == 0 and (original.st_uid, original.st_gid) != (0, 0):
+            # `sudo refund-mcp tokens revoke`: keep the owner the server runs as, or it could no longer
+            # read the file (it would then refuse every static token until someone chowns it back).
+            os.fchown(handle.fileno(), original.st_uid, original.st_gid)
         handle.write(_HEADER + "".join(_entry_yaml(entry) for entry in entries))
     os.replace(temporary, path)
