@@ -91,8 +91,11 @@ def test_names_refund_mcp_writes_as_actor_cannot_be_given_to_a_token(tmp_path, a
         add_token(path, actor, ["refunds:read"])
     with pytest.raises(TokensFileError, match="refund-mcp writes as actor"):
         parse_tokens(f"- {{actor: '{actor}', scopes: [refunds:read], sha256: {'a' * 64}}}", "tokens.yaml")
-    finished = run_cli({"REFUND_MCP_TOKENS": str(path)}, "tokens", "add", actor)
-    assert finished.returncode != 0 and finished.stdout == ""
+
+
+def test_tokens_add_on_the_command_line_refuses_a_reserved_name(tmp_path):
+    finished = run_cli({"REFUND_MCP_TOKENS": str(tmp_path / "tokens.yaml")}, "tokens", "add", "webhook:stripe")
+    assert finished.returncode != 0 and finished.stdout == "" and "refund-mcp writes as actor" in finished.stderr
 
 
 # ------------------------------------------------------------------ a server run by another user
