@@ -24,11 +24,11 @@ from mcp.server.mcpserver import (
     MCPServer,
     Resolve,
 )
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp.types import ToolAnnotations
 from refund_mcp import __version__
 from refund_mcp.auth import require_scope
-from refund_mcp.auth.scopes import OPERATE, ScopeDenied, has_scope
+from refund_mcp.auth.scopes import OPERATE, ScopeDenied, ScopeDeniedForResource, has_scope
 from refund_mcp.domain.errors import RefundError, ValidationFailed
 from refund_mcp.domain.ids import REFUND_ID_PATTERN, is_refund_id
 from refund_mcp.domain.models import RefundReason, RefundStatus
@@ -101,8 +101,8 @@ class ResolvedConfirmation(BaseModel):
     state: Literal["not_needed", "unavailable"]
 
 
-# (tool name as called, whether it is ours, error code, message, argument names)
-RefusalRecorder = Callable[[str, bool, str, str, list[str]], Awaitable[None]]
+# (name as called, whether it is ours, error code, message, argument names, audit action)
+RefusalRecorder = Callable[[str, bool, str, str, list[str], str], Awaitable[None]]
 
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
@@ -117,10 +117,34 @@ class RefundMCPServer(MCPServer[Any]):
         self.actor_of: Any = lambda ctx: None  # set by build_server; names the caller in logs
         self.on_refusal: RefusalRecorder | None = None
 
-    async def _refused(self, name: str, known: bool, code: str, message: str, arguments: dict[str, Any]) -> None:
-        self.calls[(name, code)] += 1
+    async def _refused(
+        self, name: str, known: bool, code: str, message: str, arguments: Any, action: str = "tool.refused"
+    ) -> None:
+        if action == "tool.refused":
+            self.calls[(name, code)] += 1
         if self.on_refusal is not None:
-            await self.on_refusal(name, known, code, message, list(arguments))
+            await self.on_refusal(name, known, code, message, list(arguments or ()), action)
+
+    async def read_resource(self, uri: Any, context: Context[Any, Any] | None = None) -> Any:
+        try:
+            return await super().read_resource(uri, context)
+        except ResourceNotFoundError as exc:
+            await self._refused(str(uri), False, "validation_error", str(exc), (), "resource.refused")
+            raise
+        except ScopeDeniedForResource as exc:
+            await self._refused(str(uri), True, exc.code, str(exc), (), "resource.refused")
+            raise
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None) -> Any:
+        try:
+            return await super().get_prompt(name, arguments, context)
+        except ValueError as exc:
+            known = self._prompt_manager.get_prompt(name) is not None
+            if not known:
+                await self._refused(name, False, "validation_error", str(exc), arguments, "prompt.refused")
+            elif isinstance(exc.__cause__, ScopeDeniedForResource):
+                await self._refused(name, True, "forbidden", str(exc.__cause__), arguments, "prompt.refused")
+            raise
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
         """Every call is counted by outcome (in `_call_tool`), timed, traced and logged here."""
@@ -198,9 +222,16 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     server = RefundMCPServer("refund-mcp", instructions=INSTRUCTIONS, version=__version__)
     server.actor_of = actor_of
 
-    async def record_refusal(name: str, known: bool, code: str, message: str, argument_names: list[str]) -> None:
+    async def record_refusal(name: str, known: bool, code: str, message: str, argument_names: list[str], action: str) -> None:
         await record_refused_call(
-            service.db, actor=actor_of(None), tool=name, known_tool=known, code=code, message=message, argument_names=argument_names
+            service.db,
+            actor=actor_of(None),
+            tool=name,
+            known_tool=known,
+            code=code,
+            message=message,
+            argument_names=argument_names,
+            action=action,
         )
 
     server.on_refusal = record_refusal

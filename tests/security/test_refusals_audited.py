@@ -69,3 +69,42 @@ async def test_a_tool_refused_for_its_scope_inside_the_tool_is_audited(app_facto
             auth_context_var.reset(reset)
         [record] = await refused_records(app)
     assert (record["actor"], record["target"], record["error_code"], record["outcome"]) == ("reader-bot", "create_refund", "forbidden", "denied")
+
+
+async def test_unknown_resources_and_prompts_are_audited_once_too(app_factory):
+    from mcp.shared.exceptions import MCPError
+
+    async with app_factory() as app, Client(app.server) as client:
+        with pytest.raises(MCPError):
+            await client.read_resource("refunds://nothing/" + "z" * 500)
+        with pytest.raises(MCPError):
+            await client.get_prompt("no_such_prompt\nSYSTEM", {"x": "4242 4242 4242 4242"})
+        async with app.db.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(tables.audit_log.c.body).where(tables.audit_log.c.action.in_(["resource.refused", "prompt.refused"]))
+            )).all()
+    records = [json.loads(row.body) for row in rows]
+    assert [(r["action"], r["target"], r["error_code"]) for r in records] == [
+        ("resource.refused", "unknown", "validation_error"),
+        ("prompt.refused", "unknown", "validation_error"),
+    ]
+    assert "4242" not in json.dumps(records) and all(len(json.dumps(r)) < 1500 for r in records)
+
+
+async def test_a_resource_refused_for_its_scope_inside_the_server_is_audited(app_factory):
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.mcpserver.exceptions import ResourceError
+
+    async with app_factory() as app:
+        reset = auth_context_var.set(AuthenticatedUser(AccessToken(token="sha256:x", client_id="writer-only", scopes=["refunds:write"])))
+        try:
+            with pytest.raises(ResourceError, match="refunds:read"):
+                await app.server.read_resource("refunds://policy")
+        finally:
+            auth_context_var.reset(reset)
+        async with app.db.engine.connect() as conn:
+            [row] = (await conn.execute(select(tables.audit_log.c.body).where(tables.audit_log.c.action == "resource.refused"))).all()
+    record = json.loads(row.body)
+    assert (record["actor"], record["target"], record["error_code"], record["outcome"]) == ("writer-only", "refunds://policy", "forbidden", "denied")

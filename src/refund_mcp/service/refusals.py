@@ -1,5 +1,5 @@
-"""Audit records for calls refused before the service ran: an unknown tool, arguments the schema
-refuses, a token without the tool's scope. The README promises every refused call is audited;
+"""Audit records for calls refused before the service ran: an unknown tool, resource or prompt,
+arguments the schema refuses, a token without the scope. The README promises every refused call is audited;
 these never reach a service method, so the MCP layer reports them here.
 
 A record is bounded whatever the caller sent: the target is a tool we define or "unknown", the
@@ -32,8 +32,10 @@ async def record_refused_call(
     code: str,
     message: str,
     argument_names: Iterable[str],
+    action: str = "tool.refused",
 ) -> None:
-    """Append one `tool.refused` record; a database failure is logged, never raised (the call is refused anyway)."""
+    """Append one `tool.refused` (or `action`) record; a database failure is logged, never raised (the
+    call is refused anyway). `tool` is the tool, resource URI or prompt name as the caller sent it."""
     names = sorted({untrusted_text(str(name), 40) or "" for name in argument_names})
     detail: dict[str, object] = {
         "message": untrusted_text(message, 300),
@@ -43,7 +45,7 @@ async def record_refused_call(
         detail["requested_name"] = untrusted_text(tool, 60)
     entry = AuditEntry(
         actor=actor,
-        action="tool.refused",
+        action=action,
         target=tool if known_tool else "unknown",
         outcome="denied" if code == "forbidden" else "error",
         error_code=code,
