@@ -37,10 +37,28 @@ class Clock:
         return self.now
 
 
+class SlowVerifications(httpx2.AsyncBaseTransport):
+    """PayPal's verify API answering only when released; every other call goes straight through."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.release = anyio.Event()
+        self.waiting = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/verify-webhook-signature"):
+            self.waiting += 1
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
 @asynccontextmanager
-async def hooks(tmp_path, *, extra_env: dict[str, str] | None = None, **options: Any) -> AsyncIterator[tuple[Any, Any, httpx2.AsyncClient]]:
+async def hooks(
+    tmp_path, *, extra_env: dict[str, str] | None = None, wrap: Any = None, **options: Any
+) -> AsyncIterator[tuple[Any, Any, httpx2.AsyncClient]]:
     fakes = all_fakes()
-    async with httpx2.AsyncClient(transport=HostRouter(fakes), timeout=5.0) as http:
+    transport = HostRouter(fakes) if wrap is None else wrap(HostRouter(fakes))
+    async with httpx2.AsyncClient(transport=transport, timeout=5.0) as http:
         async with make_app(sqlite_url(tmp_path), env={**env(), **(extra_env or {})}, http=http) as app:
             routes = Starlette(routes=webhook_routes(app, Limits(**options)))
             transport = httpx2.ASGITransport(app=routes)
@@ -164,3 +182,40 @@ async def test_a_stalled_body_times_out_and_bodies_read_at_once_are_capped(tmp_p
         too_big = await client.post("/webhooks/stripe", content=b"x" * (MAX_BODY_BYTES + 1))
         assert too_big.status_code == 413 and MAX_BODY_BYTES <= 256 * 1024
         assert await row_count(app, tables.audit_log) == records_before
+
+
+async def test_a_flood_of_paypal_verifications_holds_at_most_four_calls_and_refunds_still_go_through(tmp_path):
+    slow: list[SlowVerifications] = []
+
+    def wrap(inner: httpx2.AsyncBaseTransport) -> SlowVerifications:
+        slow.append(SlowVerifications(inner))
+        return slow[0]
+
+    async with hooks(tmp_path, wrap=wrap) as (app, fakes, client):
+        from mcp import Client
+        from tests.fakes.common import PaymentSeed
+        from tests.webhooks.world import PAYMENT_IDS
+
+        fakes["paypal"].add_payment(PaymentSeed(id=PAYMENT_IDS["paypal"], amount_minor=10000, currency="USD"))
+        body = signing.dumps(signing.paypal_event("WH-FLOOD", "PAYMENT.CAPTURE.REFUNDED", {"id": "1"}))
+        headers = signing.paypal_headers(body, PAYPAL_WEBHOOK_ID)
+        answers: list[int] = []
+
+        async def deliver() -> None:
+            answers.append((await client.post("/webhooks/paypal", content=body, headers=headers)).status_code)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(12):
+                group.start_soon(deliver)
+            await anyio.wait_all_tasks_blocked()
+            assert slow[0].waiting == 4, "four verifications in flight, whatever arrives"
+            assert answers == [429] * 8
+            async with Client(app.server) as mcp:
+                refund = await mcp.call_tool(
+                    "create_refund", {"transaction_id": f"paypal:{PAYMENT_IDS['paypal']}", "reason": "duplicate", "amount_minor": 500}
+                )
+                assert not refund.is_error, refund.content
+                assert refund.structured_content["status"] in ("succeeded", "pending")
+            slow[0].release.set()
+        assert len(answers) == 12 and answers.count(429) == 8, "the four admitted were verified, not refused"
+        assert len(fakes["paypal"].verify_requests) == 4
