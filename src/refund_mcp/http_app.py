@@ -34,6 +34,9 @@ MCP_PATH = "/mcp"
 # A tool call is a few hundred bytes; a quarter MiB leaves room for any honest request while keeping
 # what one unauthenticated or hostile client can make us buffer small.
 MAX_REQUEST_BODY_BYTES = 256 * 1024
+# Connections and tasks uvicorn serves at once before answering 503: what slow or stalled clients
+# can hold is bounded whether or not a proxy sits in front.
+MAX_CONCURRENT_CONNECTIONS = 200
 
 
 def transport_security(config: AuthConfig) -> TransportSecuritySettings:
@@ -116,6 +119,10 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
                 await conn.execute(text("SELECT 1"))
         except Exception as exc:  # report, don't crash: this is what load balancers poll
             return JSONResponse({"status": "unhealthy", "database": type(exc).__name__}, status_code=503)
+        auth_problem = config.problem()
+        if auth_problem is not None:
+            # Credentials fail closed; say so where operators and load balancers look.
+            return JSONResponse({"status": "degraded", "auth": auth_problem}, status_code=503)
         return JSONResponse(
             {"status": "ok", "processors": app.processors.names(), "policy_version": app.policy.engine().version}
         )
@@ -178,6 +185,13 @@ async def serve_http(app: Any, host: str, port: int, *, auth: AuthConfig | None 
     # No access log: request lines are not worth the risk of a URL that carries something secret.
     # MCP clients keep their connection between calls; uvicorn's 5 s default closes it under their feet.
     uv_config = uvicorn.Config(
-        starlette_app, host=host, port=port, log_level="warning", lifespan="on", access_log=False, timeout_keep_alive=30
+        starlette_app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_keep_alive=30,
+        limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
     )
     await uvicorn.Server(uv_config).serve()

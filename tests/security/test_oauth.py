@@ -169,7 +169,7 @@ def test_the_401_points_to_protected_resource_metadata_that_names_the_issuer_and
     metadata = httpx2.get(metadata_url).json()
     assert metadata["resource"] == oauth.audience
     assert [url.rstrip("/") for url in metadata["authorization_servers"]] == [oauth.issuer.url]
-    assert sorted(metadata["scopes_supported"]) == ["refunds:read", "refunds:write"]
+    assert sorted(metadata["scopes_supported"]) == ["refunds:operate", "refunds:read", "refunds:write"]
 
 
 def test_a_jwks_url_over_plain_http_to_another_host_is_refused_at_start(tmp_path):
@@ -254,3 +254,48 @@ async def test_an_issuer_that_was_never_reachable_means_401_not_a_crash():
     verifier, endpoint = verifier_for([], FakeClock())
     endpoint.down = True
     assert await verifier.verify_token(mint(rsa_key("any"))) is None
+
+
+@pytest.mark.parametrize("subject", ["refund-mcp", "Refund-MCP", "external", "webhook:stripe", "refund-mcp-worker"])
+def test_a_jwt_whose_subject_is_a_name_refund_mcp_writes_itself_is_401(oauth, subject):
+    assert status_of(oauth, oauth.token(sub=subject)) == 401
+    assert status_of(oauth, oauth.token(sub=None, client_id=subject)) == 401
+
+
+async def test_an_issuer_down_at_start_is_fetched_once_for_a_burst_of_tokens_then_after_a_backoff():
+    import anyio
+
+    clock = FakeClock()
+    key = rsa_key("k1")
+    endpoint = CountingIssuer([key])
+    endpoint.down = True
+    released = anyio.Event()
+
+    async def slow_issuer(request: httpx2.Request) -> httpx2.Response:
+        await released.wait()  # an issuer that answers only after a while (a timeout, say)
+        return endpoint(request)
+
+    from refund_mcp.auth.jwks import JwksCache
+    from refund_mcp.auth.oauth import JwtVerifier
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(slow_issuer))
+    cache = JwksCache("https://idp.example.com/jwks", http=http, ttl_seconds=900, refetch_cooldown_seconds=10, clock=clock)
+    verifier = JwtVerifier(issuer="https://idp.example.com", audience="https://refunds.example.com/mcp", jwks=cache)
+    results: list[object] = []
+
+    async def verify() -> None:
+        results.append(await verifier.verify_token(mint(key)))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(verify)
+        await anyio.wait_all_tasks_blocked()
+        released.set()
+    assert results == [None] * 20
+    assert endpoint.fetches == 1, "one fetch for the whole burst; the others did not each wait for their own"
+    assert await verifier.verify_token(mint(key)) is None
+    assert endpoint.fetches == 1, "within the backoff a token is refused without fetching"
+    clock.now += 10
+    endpoint.down = False
+    assert (await verifier.verify_token(mint(key))).client_id == "agent"
+    assert endpoint.fetches == 2

@@ -113,8 +113,13 @@ async def test_the_verifier_maps_a_token_to_its_actor_and_scopes_and_follows_fil
     remove_tokens(path, entry.sha256[:16])
     assert await verifier.verify_token(token) is None
 
+    good = path.read_text()
     path.write_text("this: is: not valid")
-    assert (await verifier.verify_token(later)).client_id == "later-bot", "an invalid edit keeps the last good tokens"
+    assert await verifier.verify_token(later) is None, "a file that does not parse accepts no token"
+    assert verifier.problem is not None and "not valid YAML" in verifier.problem
+    path.write_text(good)
+    assert (await verifier.verify_token(later)).client_id == "later-bot", "fixing the file takes effect at once"
+    assert verifier.problem is None
     path.unlink()
     assert await verifier.verify_token(later) is None, "a removed file revokes everything"
 

@@ -17,7 +17,8 @@ from starlette.applications import Starlette
 from mcp import Client
 from refund_mcp.app import App
 from refund_mcp.store import tables
-from refund_mcp.webhooks.routes import webhook_routes
+from refund_mcp.webhooks.limits import VerificationGate
+from refund_mcp.webhooks.routes import Limits, webhook_routes
 from tests.conftest import make_app, sqlite_url
 from tests.fakes import adyen, paypal, square, stripe
 from tests.fakes.common import FakeProcessor, PaymentSeed
@@ -189,7 +190,9 @@ async def open_world(tmp_path: Path, *, extra_env: dict[str, str] | None = None)
     router = HostRouter(fakes)
     async with httpx2.AsyncClient(transport=router, timeout=httpx2.Timeout(5.0, read=0.5)) as http:
         async with make_app(sqlite_url(tmp_path), env={**env(), **(extra_env or {})}, http=http) as app:
-            hooks_app = Starlette(routes=webhook_routes(app))
+            # These tests deliver many PayPal events from one address; the limits have tests of their own.
+            unlimited = VerificationGate(per_source_burst=1e9, overall_burst=1e9, concurrent=1000)
+            hooks_app = Starlette(routes=webhook_routes(app, Limits(gate=unlimited)))
             async with (
                 Client(app.server) as client,
                 httpx2.AsyncClient(transport=httpx2.ASGITransport(app=hooks_app), base_url="http://refund-mcp.test") as hooks,

@@ -51,7 +51,11 @@ def run_tokens(args: argparse.Namespace, env: Mapping[str, str] | None = None) -
             return _list(path)
         removed = remove_tokens(path, args.fingerprint)
         for entry in removed:
-            print(f"revoked {entry.fingerprint} ({entry.actor}); a running server stops accepting it at once", file=sys.stderr)
+            print(
+                f"revoked {entry.fingerprint} ({entry.actor}); a running server stops accepting it at once "
+                "(one that cannot read the file refuses every static token until it can)",
+                file=sys.stderr,
+            )
         return EXIT_OK
     except TokensFileError as exc:
         print(str(exc), file=sys.stderr)

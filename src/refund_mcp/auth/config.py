@@ -71,6 +71,16 @@ class AuthConfig:
     settings: AuthSettings | None = None
     oauth_issuer: str | None = None
     description: str = "none"
+    static_tokens: StaticTokenVerifier | None = None
+
+    def problem(self) -> str | None:
+        """Why some configured credentials are refused right now (a tokens file that does not load), or None."""
+        if self.static_tokens is None:
+            return None
+        self.static_tokens.refresh()
+        if self.static_tokens.problem is None:
+            return None
+        return "the tokens file cannot be read or parsed: every static bearer token is refused (see the server log)"
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +174,7 @@ def load_auth_config(env: Mapping[str, str], *, host: str, port: int, http: Any 
         settings=settings,
         oauth_issuer=oauth[1] if oauth is not None else None,
         description="; ".join(described),
+        static_tokens=next((v for v in verifiers if isinstance(v, StaticTokenVerifier)), None),
     )
 
 

@@ -4,6 +4,11 @@ Keys are cached for `ttl_seconds`. A token signed with a key id we have not seen
 refetch (the issuer may have rotated its keys), at most once per `refetch_cooldown_seconds`, so a
 stream of tokens with made-up key ids cannot turn us into a load generator against the issuer.
 When a refetch fails, the keys we already have stay in use.
+
+Fetches are single-flight: concurrent requests wait for the one fetch in progress rather than each
+making their own. While the issuer has never answered (an outage at start), a failed fetch is
+remembered for a backoff that starts at the refetch cooldown and doubles up to MAX_BACKOFF_SECONDS;
+until it ends, JWT-shaped tokens are refused at once instead of each waiting for a fetch to time out.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ logger = logging.getLogger("refund_mcp.auth")
 
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
+MAX_BACKOFF_SECONDS = 300.0
 # The key type each accepted algorithm needs; symmetric keys ("oct") are never accepted.
 KEY_TYPES = {"RS256": "RSA", "ES256": "EC"}
 
@@ -66,6 +72,8 @@ class JwksCache:
         self._last_refetch = float("-inf")
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._lock = anyio.Lock()
+        self._failures = 0
+        self._retry_at = float("-inf")
 
     async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The key that may verify a token with header (`kid`, `alg`), or None.
@@ -74,6 +82,8 @@ class JwksCache:
             JwksUnavailable: the JWKS was never fetched successfully.
         """
         async with self._lock:
+            if self._keys is None and self._clock() < self._retry_at:
+                raise JwksUnavailable(f"the JWKS at {self.url} could not be fetched; not retrying before the backoff ends")
             if self._keys is None or self._clock() - self._fetched_at > self._ttl:
                 await self._refresh()
             found = self._pick(kid, alg)
@@ -88,12 +98,16 @@ class JwksCache:
             self._keys = await self._fetch()
         except JwksUnavailable:
             if self._keys is None:
+                self._failures += 1
+                backoff = min(MAX_BACKOFF_SECONDS, self._cooldown * 2 ** (self._failures - 1))
+                self._retry_at = self._clock() + backoff
                 raise
             logger.warning("could not refresh the JWKS from %s; keeping the keys already known", self.url)
             # Try again after the cooldown, not on every request while the issuer is down.
             self._fetched_at = self._clock() - self._ttl + self._cooldown
             return
         self._fetched_at = self._clock()
+        self._failures = 0
         self._built.clear()
 
     async def _fetch(self) -> list[dict[str, Any]]:

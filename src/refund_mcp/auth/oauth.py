@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,8 @@ import jwt
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from refund_mcp.auth.jwks import KEY_TYPES, JwksCache, JwksUnavailable
-from refund_mcp.auth.tokens_file import ACTOR_PATTERN, fingerprint
+from refund_mcp.auth.actors import usable_actor
+from refund_mcp.auth.tokens_file import fingerprint
 
 logger = logging.getLogger("refund_mcp.auth")
 
@@ -34,8 +34,9 @@ def actor_of(claims: dict[str, Any]) -> str | None:
         value = claims.get(name)
         if isinstance(value, str) and value:
             # The actor is written to the audit log and matched against policy `actors:`; an identity
-            # provider's odd subject must not smuggle control characters into either.
-            return value if re.fullmatch(ACTOR_PATTERN, value) else None
+            # provider's odd subject must not smuggle control characters into either, nor pass
+            # itself off as one of refund-mcp's own names (auth/actors.py).
+            return value if usable_actor(value) else None
     return None
 
 
@@ -94,7 +95,7 @@ class JwtVerifier(TokenVerifier):
             return None
         actor = actor_of(claims)
         if actor is None:
-            logger.info("bearer JWT refused: no usable sub, client_id or azp claim")
+            logger.info("bearer JWT refused: no usable sub, client_id or azp claim (malformed, or a name refund-mcp keeps for itself)")
             return None
         return AccessToken(
             # A fingerprint, not the token itself: see static.py.

@@ -16,7 +16,9 @@ from refund_mcp.domain.errors import Forbidden
 
 READ = "refunds:read"
 WRITE = "refunds:write"
-ALL_SCOPES = (READ, WRITE)
+# Acting on other actors' refunds (cancelling them): never implied by refunds:write.
+OPERATE = "refunds:operate"
+ALL_SCOPES = (READ, WRITE, OPERATE)
 
 TOOL_SCOPES: Mapping[str, str] = MappingProxyType(
     {
@@ -71,6 +73,19 @@ class ScopeDeniedForResource(Forbidden, ResourceError):
     instead of treating it as a crash."""
 
 
+def has_scope(scope: str) -> bool:
+    """Whether the caller's bearer token carries `scope`. Without a token (stdio, in-process) there is
+    no transport identity to grant extra permissions: False."""
+    from mcp.server.auth.middleware.auth_context import get_access_token
+
+    token = get_access_token()
+    return token is not None and scope in token.scopes
+
+
+class ScopeDenied(Forbidden):
+    """A tool call refused by `require_scope`: the SDK layer refused it, the service never saw it."""
+
+
 def require_scope(name: str) -> None:
     """Refuse the call when the caller's bearer token lacks the scope `name` needs.
 
@@ -95,4 +110,4 @@ def require_scope(name: str) -> None:
     )
     if name in READ_ONLY_NAMES:
         raise ScopeDeniedForResource(message)
-    raise Forbidden(message)
+    raise ScopeDenied(message)

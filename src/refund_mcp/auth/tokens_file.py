@@ -20,20 +20,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from refund_mcp.auth.actors import ACTOR_PATTERN, is_reserved_actor
 from refund_mcp.auth.scopes import ALL_SCOPES
 
 TOKEN_PREFIX = "rmcp_"
-# Actors appear in the audit log and as keys of the policy's `actors:` section.
-ACTOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,99}$"
 FILE_MODE = 0o600
 _HEADER = (
     "# refund-mcp bearer tokens: SHA-256 hashes only, never the tokens themselves.\n"
     "# Managed with `refund-mcp tokens add|list|revoke`; keep this file private (mode 0600).\n"
 )
 
-Scope = Literal["refunds:read", "refunds:write"]
+Scope = Literal["refunds:read", "refunds:write", "refunds:operate"]
 
 
 class TokensFileError(ValueError):
@@ -47,6 +46,13 @@ class TokenEntry(BaseModel):
     scopes: tuple[Scope, ...] = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime | None = None
+
+    @field_validator("actor")
+    @classmethod
+    def _not_reserved(cls, actor: str) -> str:
+        if is_reserved_actor(actor):
+            raise ValueError(f"{actor!r} is a name refund-mcp writes as actor itself (refund-mcp…, external, webhook:…)")
+        return actor
 
     @property
     def fingerprint(self) -> str:
@@ -114,7 +120,9 @@ def parse_tokens(text: str, source: str) -> list[TokenEntry]:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokensFileError(f"{path}: the tokens file is not UTF-8") from exc
     except OSError as exc:
         raise TokensFileError(f"{path}: cannot read the tokens file: {exc.strerror}") from exc
 
@@ -178,8 +186,13 @@ def remove_tokens(path: Path, prefix: str) -> list[TokenEntry]:
 
 
 def _rewrite(path: Path, entries: Iterable[TokenEntry]) -> None:
+    original = path.stat()
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if os.geteuid() == 0 and (original.st_uid, original.st_gid) != (0, 0):
+            # `sudo refund-mcp tokens revoke`: keep the owner the server runs as, or it could no longer
+            # read the file (it would then refuse every static token until someone chowns it back).
+            os.fchown(handle.fileno(), original.st_uid, original.st_gid)
         handle.write(_HEADER + "".join(_entry_yaml(entry) for entry in entries))
     os.replace(temporary, path)

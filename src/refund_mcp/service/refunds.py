@@ -32,6 +32,7 @@ from refund_mcp.domain.errors import (
     AmountExceedsRefundable,
     ConfirmationDeclined,
     CurrencyMismatch,
+    Forbidden,
     IdempotencyConflict,
     NotRefundable,
     NotSupported,
@@ -65,6 +66,7 @@ from refund_mcp.service.metadata import decode as decode_metadata
 from refund_mcp.service.metadata import encode as encode_metadata
 from refund_mcp.service.metadata import validate_metadata
 from refund_mcp.service.operators import OperatorActionsMixin
+from refund_mcp.service.untrusted import untrusted_tree
 from refund_mcp.settings import Settings
 from refund_mcp.store import queries
 from refund_mcp.store.database import Database
@@ -235,9 +237,15 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         return processor
 
     async def _fetch_transaction(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
-        """Ask the processor; fall back to our record when it cannot answer. Returns (fresh info, note)."""
+        """Ask the processor; fall back to our record when it cannot answer. Returns (fresh info, note).
+
+        Raises:
+            ProcessorUnavailable: the processor cannot answer and we have no record of the payment:
+                that is an outage, never a payment that does not exist.
+        """
         processor = self._processor(ref.processor)
         if self.breaker.is_open(ref.processor):
+            await self._require_record(ref, "is unavailable right now (too many recent failures)")
             return None, f"{ref.processor} is unavailable right now; showing refund-mcp's records"
         try:
             info = await processor.lookup_transaction(ref.bare_id)
@@ -245,6 +253,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         except ProcessorCallError as exc:
             if exc.retryable:
                 self.breaker.record_failure(ref.processor)
+                await self._require_record(ref, f"could not be reached ({exc.code})")
                 return None, f"{ref.processor} could not be reached ({exc.code}); showing refund-mcp's records"
             raise
         except (TransactionNotFound, NotSupported):
@@ -252,6 +261,16 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             return None, None
         self.breaker.record_success(ref.processor)
         return info, None
+
+    async def _require_record(self, ref: TransactionRef, what: str) -> None:
+        async with self.db.read() as conn:
+            known = await queries.get_transaction(conn, ref.canonical)
+        if known is None:
+            raise ProcessorUnavailable(
+                f"{ref.processor} {what} and {ref.canonical} is not in refund-mcp's records yet, so it cannot be "
+                "checked now. This says nothing about whether the payment exists; try again later.",
+                processor=ref.processor,
+            )
 
     async def _fetch_transaction_once(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
         previewed = self._previewed.pop(ref.canonical, None)
@@ -341,7 +360,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             refundable=bool(txn.refundable),
             customer_ref=txn.customer_ref,
             created_at=txn.created_at,
-            description=views.cap_untrusted(txn.description),
+            description=txn.description,
             source=source,  # type: ignore[arg-type]
             message=message,
             refunds=[self._refund_view(row) for row in refunds],
@@ -475,6 +494,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             refundable_minor=ev.balance.refundable_minor,
             policy_version=version,
             message=messages[decision],
+            customer_ref=ev.txn.customer_ref,
         )
 
     def may_need_confirmation(self, amount_minor: int | None) -> bool:
@@ -924,16 +944,28 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             await self._audit_error(actor, "refund.status", refund_id[:40], exc, request)
             raise
 
-    async def cancel_refund(self, actor: str, refund_id: str, reason: str | None = None) -> views.RefundView:
+    async def cancel_refund(
+        self, actor: str, refund_id: str, reason: str | None = None, *, operator: bool = False
+    ) -> views.RefundView:
+        """Cancel a refund. Its own actor may; anyone else needs `operator` (the refunds:operate scope),
+        and such a cancel is audited as an operator's, naming the refund's actor."""
         request = {"refund_id": refund_id, "reason": reason}
         await self.guard_tool("cancel_refund", actor, request)
         try:
             async with self.db.write() as conn:
                 row = await self._get_row(conn, refund_id)
+                if row.actor != actor and not operator:
+                    raise Forbidden(
+                        f"refund {refund_id} was requested by another actor; only its own actor may cancel it, "
+                        "or an operator whose token has scope refunds:operate"
+                    )
+                # An operator's cancel of someone else's refund is recorded as such, naming whose it was.
+                action = "refund.cancel" if row.actor == actor else "refund.operator_cancel"
+                whose = None if row.actor == actor else {"refund_actor": row.actor}
                 status = RefundStatus(row.status)
                 now = self.clock()
                 if status is RefundStatus.CANCELLED:
-                    await audit.append(conn, AuditEntry(actor=actor, action="refund.cancel", target=refund_id, outcome="cancelled", request=request, detail={"already": True}))
+                    await audit.append(conn, AuditEntry(actor=actor, action=action, target=refund_id, outcome="cancelled", request=request, detail={"already": True, **(whose or {})}))
                     view = self._refund_view(row)
                     view.message = "Already cancelled."
                     return view
@@ -948,7 +980,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                     if status is RefundStatus.PENDING_APPROVAL:
                         values |= {"approval_state": "cancelled", "approval_decided_by": actor, "approval_decided_at": now}
                     await queries.update_refund(conn, refund_id, **values)
-                    await audit.append(conn, AuditEntry(actor=actor, action="refund.cancel", target=refund_id, outcome="cancelled", request=request))
+                    await audit.append(conn, AuditEntry(actor=actor, action=action, target=refund_id, outcome="cancelled", request=request, detail=whose))
                     view = self._refund_view(await queries.get_refund(conn, refund_id))
                     view.message = "Cancelled before it reached the processor; the amount is released."
                     return view
@@ -966,7 +998,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 )
             answer = await processor.cancel_refund(row.processor_refund_id)
             async with self.db.write() as conn:
-                return await self.apply_processor_state(conn, refund_id, answer, actor=actor, action="refund.cancel")
+                return await self.apply_processor_state(conn, refund_id, answer, actor=actor, action=action)
         except RefundError as exc:
             await self._audit_error(actor, "refund.cancel", refund_id[:40], exc, request)
             raise
@@ -1010,10 +1042,44 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             raise
 
     async def refund_with_trail(self, refund_id: str) -> dict[str, Any]:
+        """A refund with its whole audit trail, for operators (the CLI)."""
         async with self.db.read() as conn:
             row = await self._get_row(conn, refund_id)
             trail = await audit.trail(conn, refund_id)
         return {"refund": self._refund_view(row).model_dump(mode="json"), "audit_trail": trail}
+
+    async def refund_for_agent(self, actor: str, refund_id: str) -> dict[str, Any]:
+        """The refunds://refund/{id} resource: gated and audited like get_refund_status, which it mirrors.
+
+        The trail is shown without other actors' private request fields, and its text made safe."""
+        request = {"refund_id": refund_id}
+        await self.guard_tool("get_refund_status", actor, request)
+        try:
+            async with self.db.write() as conn:
+                row = await self._get_row(conn, refund_id)
+                trail = await audit.trail(conn, refund_id)
+                await audit.append(conn, AuditEntry(actor=actor, action="refund.read", target=refund_id, outcome="ok", request=request))
+        except RefundError as exc:
+            await self._audit_error(actor, "refund.read", refund_id[:40], exc, request)
+            raise
+        shown = [untrusted_tree(_without_private_fields(record, actor)) for record in trail]
+        return {"refund": self._refund_view(row).model_dump(mode="json"), "audit_trail": shown}
+
+    async def read_policy(self, actor: str) -> str:
+        """The refunds://policy resource: gated and audited like check_refund_policy, which it mirrors."""
+        request = {"resource": "refunds://policy"}
+        await self.guard_tool("check_refund_policy", actor, request)
+        engine = self.policy.engine()
+        async with self.db.write() as conn:
+            await audit.append(conn, AuditEntry(actor=actor, action="policy.read", target=None, outcome="ok", request=request, detail={"policy_version": engine.version}))
+        return f"# policy version {engine.version}\n{engine.loaded.text}"
+
+    async def record_prompt(self, actor: str, name: str) -> None:
+        """A prompt is gated by the first tool its procedure uses (lookup_transaction) and audited."""
+        request = {"prompt": name}
+        await self.guard_tool("lookup_transaction", actor, request)
+        async with self.db.write() as conn:
+            await audit.append(conn, AuditEntry(actor=actor, action="prompt.get", target=None, outcome="ok", request=request))
 
     # ----------------------------------------------------------------- worker steps
 
@@ -1085,7 +1151,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             currency=row.currency,
             amount_display=format_display(row.amount_minor, row.currency),
             reason=row.reason,
-            note=views.cap_untrusted(row.note),
+            note=row.note,
             actor=row.actor,
             origin=row.origin,
             created_at=row.created_at,
@@ -1096,6 +1162,17 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             processor_request_id=row.processor_request_id,
             metadata=decode_metadata(row.refund_metadata),
         )
+
+
+# What a caller wrote for themselves: shown in a trail only to that same actor.
+PRIVATE_REQUEST_FIELDS = ("note", "customer_ref", "idempotency_key")
+
+
+def _without_private_fields(record: dict[str, Any], viewer: str) -> dict[str, Any]:
+    request = record.get("request")
+    if record.get("actor") == viewer or not isinstance(request, dict):
+        return record
+    return {**record, "request": {key: value for key, value in request.items() if key not in PRIVATE_REQUEST_FIELDS}}
 
 
 class _Rollback(Exception):

@@ -6,7 +6,10 @@
      ├─ WebhookTooLarge               413  the body is over the size cap
      ├─ WebhookNotConfigured          404  the processor is not configured here at all
      │                                503  the processor is, but its webhook secret is not (retry once it is)
-     └─ WebhookVerificationUnavailable 503 the processor's own verification API could not be asked (PayPal)
+     ├─ WebhookVerificationUnavailable 503 the processor's own verification API could not be asked (PayPal)
+     ├─ WebhookRateLimited            429  too many unverified deliveries (or verifications in flight) now
+     ├─ WebhookBusy                   503  too many deliveries being read at once
+     └─ WebhookTimeout                408  the body did not arrive within the deadline
 
 Messages are written by refund-mcp itself: they never quote the body, a header or a secret, so
 they are safe to return to the sender and to put in the audit log.
@@ -50,3 +53,18 @@ class WebhookNotConfigured(WebhookError):
 class WebhookVerificationUnavailable(WebhookError):
     status_code = 503
     code = "verification_unavailable"
+
+
+class WebhookRateLimited(WebhookError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class WebhookBusy(WebhookError):
+    status_code = 503
+    code = "busy"
+
+
+class WebhookTimeout(WebhookError):
+    status_code = 408
+    code = "timeout"

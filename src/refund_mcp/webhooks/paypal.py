@@ -6,7 +6,10 @@ configured webhook id and the event; PayPal answers `verification_status` SUCCES
 The offline alternative (RSA over `transmission_id|time|webhook_id|crc32(body)` with a
 certificate downloaded from `cert_url`) is confirmed only by secondary sources, so it is not used.
 Before asking PayPal, deliveries that cannot be genuine are refused here: a missing header, a
-value over the spec's length limits, or a `cert_url` that is not an https URL on paypal.com.
+value over the spec's length limits, or a `cert_url` that is not a plain https URL on one of
+PayPal's API hosts (an exact allow-list, read by a strict pattern rather than a lenient URL parser:
+`https://evil.example\\@api.paypal.com/c` is refused). Asking PayPal is an outbound call made for a
+delivery nobody has authenticated yet, so it passes the route's VerificationGate (limits.py) first.
 
 Events: `PAYMENT.CAPTURE.REFUNDED` (the merchant refunded a capture) and
 `PAYMENT.CAPTURE.REVERSED` (PayPal reversed it) carry the refund in `resource`; `custom_id` is
@@ -16,9 +19,9 @@ acknowledged and ignored.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -28,6 +31,7 @@ from refund_mcp.processors._amounts import IncompleteAnswer
 from refund_mcp.webhooks import _common
 from refund_mcp.webhooks.errors import WebhookMalformed, WebhookSignatureError, WebhookVerificationUnavailable
 from refund_mcp.webhooks.events import IgnoredEvent, WebhookEvent
+from refund_mcp.webhooks.limits import VerificationGate
 
 PROCESSOR = "paypal"
 REFUND_EVENTS = frozenset({"PAYMENT.CAPTURE.REFUNDED", "PAYMENT.CAPTURE.REVERSED"})
@@ -40,6 +44,16 @@ SIGNATURE_HEADERS = {
     "PAYPAL-TRANSMISSION-TIME": ("transmission_time", 100),
 }
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+# The hosts PayPal serves webhook certificates from; nothing else is ever passed on to PayPal.
+CERT_HOSTS = frozenset({"api.paypal.com", "api-m.paypal.com", "api.sandbox.paypal.com", "api-m.sandbox.paypal.com"})
+# scheme, host, optional :443, then a path of unreserved characters and slashes: no userinfo, no
+# backslash, no query or fragment, nothing two URL parsers could read differently.
+_CERT_URL = re.compile(r"^https://(?P<host>[A-Za-z0-9.-]+)(?::443)?(?P<path>/[A-Za-z0-9._~/-]*)$")
+
+
+def cert_url_allowed(url: str) -> bool:
+    match = _CERT_URL.fullmatch(url)
+    return match is not None and match.group("host").lower() in CERT_HOSTS
 
 
 def signature_fields(headers: Mapping[str, str]) -> dict[str, str]:
@@ -52,22 +66,29 @@ def signature_fields(headers: Mapping[str, str]) -> dict[str, str]:
         if len(value) > limit or not _PRINTABLE.match(value):
             raise WebhookSignatureError(f"the {name} header is not a PayPal value")
         fields[field] = value
-    cert = urlsplit(fields["cert_url"])
-    host = (cert.hostname or "").lower()
-    if cert.scheme != "https" or not (host == "paypal.com" or host.endswith(".paypal.com")):
-        raise WebhookSignatureError("PAYPAL-CERT-URL is not an https URL on paypal.com")
+    if not cert_url_allowed(fields["cert_url"]):
+        raise WebhookSignatureError("PAYPAL-CERT-URL is not an https URL on one of PayPal's API hosts")
     return fields
 
 
 async def verify_paypal(
-    raw_body: bytes, headers: Mapping[str, str], webhook_id: str, processor: adapter.PayPalProcessor
+    raw_body: bytes,
+    headers: Mapping[str, str],
+    webhook_id: str,
+    processor: adapter.PayPalProcessor,
+    *,
+    gate: VerificationGate | None = None,
+    source: str = "unknown",
 ) -> None:
     """Raises WebhookSignatureError unless PayPal says SUCCESS, WebhookMalformed for a body that
-    is not a JSON object, WebhookVerificationUnavailable when PayPal cannot be asked."""
+    is not a JSON object, WebhookVerificationUnavailable when PayPal cannot be asked,
+    WebhookRateLimited when `gate` does not admit another verification for `source` now."""
     fields = signature_fields(headers)
     _common.json_object(raw_body, "PayPal")  # sent to PayPal verbatim, so it must be one
+    admitted = gate.admit(source) if gate is not None else contextlib.nullcontext()
     try:
-        authentic = await processor.verify_webhook_signature(webhook_id=webhook_id, raw_event=raw_body, **fields)
+        async with admitted:
+            authentic = await processor.verify_webhook_signature(webhook_id=webhook_id, raw_event=raw_body, **fields)
     except ProcessorError as exc:
         if exc.http_status in (400, 422):
             raise WebhookSignatureError("PayPal refused to verify these PAYPAL-* values") from exc

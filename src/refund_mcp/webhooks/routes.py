@@ -7,37 +7,62 @@ missing signature, 5xx only when it could not be recorded, so the processor retr
     200  every event recorded, or a replay (Adyen: the body `[accepted]`, which it expects)
     400  the body cannot be parsed                 401  bad, missing or stale signature
     404  the processor is not configured here      413  the body is over MAX_BODY_BYTES
-    503  its webhook secret is not configured, PayPal could not be asked to verify, or an event
-         was deferred (service/events.py), all of which succeed on a later delivery
+    408  the body did not arrive within BODY_DEADLINE_SECONDS
+    429  too many unverified deliveries to ask PayPal (or UCS) about now (limits.py)
+    503  its webhook secret is not configured, PayPal could not be asked to verify, too many
+         deliveries are being received at once, or an event was deferred (service/events.py), all
+         of which succeed on a later delivery
     500  the database failed while recording
 
-Every refusal is audited as `webhook.rejected` with its reason and status, never with the body
-or a header. The routes need no bearer token: the processor's signature is the authentication.
+The routes need no bearer token: the processor's signature is the authentication. So until a
+signature is verified, a delivery costs only bounded, in-memory work: at most MAX_IN_FLIGHT bodies
+of at most MAX_BODY_BYTES are read at once, each within a deadline; a refusal is counted in the
+metrics (refund_mcp_webhook_deliveries) and sampled into the log, never written to the database;
+a verification that calls out (PayPal, UCS) is made only within VerificationGate's limits. A
+delivery whose signature verified is audited: refused (`webhook.rejected`, reason and status,
+never the body or a header) or applied.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from refund_mcp import metrics
 from refund_mcp.audit.log import AuditEntry, append
 from refund_mcp.webhooks import adyen, paypal, square, stripe
-from refund_mcp.webhooks.errors import WebhookError, WebhookNotConfigured, WebhookTooLarge
+from refund_mcp.webhooks.errors import WebhookBusy, WebhookError, WebhookNotConfigured, WebhookTimeout, WebhookTooLarge
 from refund_mcp.webhooks.events import WebhookEvent
+from refund_mcp.webhooks.limits import LogSampler, VerificationGate
 
 logger = logging.getLogger("refund_mcp.webhooks")
 
-# Refund events are a few KiB; a MiB leaves room for Stripe charges with long refund lists while
-# keeping what an unauthenticated sender can make us buffer small.
-MAX_BODY_BYTES = 1024 * 1024
+# Refund events are a few KiB (Stripe inlines at most 10 refunds of a charge); 256 KiB leaves room
+# for any of them while keeping what an unauthenticated sender can make us buffer small.
+MAX_BODY_BYTES = 256 * 1024
+# A processor sends its body at once; a sender that trickles it holds a slot for this long at most.
+BODY_DEADLINE_SECONDS = 10.0
+# Deliveries read and verified at the same time, across all webhook routes (bounds memory and sockets).
+MAX_IN_FLIGHT = 32
 RETRY_AFTER_SECONDS = "60"
+METRIC_PROCESSORS = frozenset({"stripe", "paypal", "adyen", "square", "ucs"})
+VERDICTS = frozenset({"accepted", "replay", "bad_signature", "malformed", "unconfigured", "rate_limited", "too_large", "error"})
+_VERDICT_OF_CODE = {
+    "bad_signature": "bad_signature",
+    "malformed": "malformed",
+    "too_large": "too_large",
+    "not_configured": "unconfigured",
+    "rate_limited": "rate_limited",
+}
 
 Verifier = Callable[[bytes, Request], Awaitable[None]]
 
@@ -63,7 +88,7 @@ def _not_configured(processor: str, setting: str | None) -> WebhookNotConfigured
     return WebhookNotConfigured(f"{processor} webhooks need {setting}, which is not set", status_code=503)
 
 
-def _verifier(app: Any, processor: str, account: str) -> Verifier:
+def _verifier(app: Any, processor: str, account: str, gate: VerificationGate) -> Verifier:
     """The check for one account of a processor, built per delivery from the current settings.
     Raises WebhookNotConfigured when the account or its webhook secret is missing."""
     found = app.settings.account_settings(account)
@@ -85,7 +110,7 @@ def _verifier(app: Any, processor: str, account: str) -> Verifier:
         webhook_id = config.webhook_id
 
         async def check_paypal(raw: bytes, request: Request) -> None:
-            await paypal.verify_paypal(raw, request.headers, webhook_id, adapter)
+            await paypal.verify_paypal(raw, request.headers, webhook_id, adapter, gate=gate, source=source_of(request))
 
         return check_paypal
     if processor == "adyen":
@@ -119,6 +144,7 @@ PARSERS: dict[str, Callable[[bytes], list[WebhookEvent]]] = {
 
 
 async def _audit_rejection(app: Any, processor: str, error: WebhookError, size: int | None) -> None:
+    """Only for deliveries whose signature verified: the processor sent them, so they are bounded by it."""
     entry = AuditEntry(
         actor=f"webhook:{processor}",
         action="webhook.rejected",
@@ -135,12 +161,75 @@ async def _audit_rejection(app: Any, processor: str, error: WebhookError, size: 
         logger.exception("could not write the audit record of a refused %s webhook", processor)
 
 
+def count(processor: str, verdict: str) -> None:
+    metrics.WEBHOOK_DELIVERIES.labels(
+        processor=metrics.closed_label(processor, METRIC_PROCESSORS), verdict=metrics.closed_label(verdict, VERDICTS)
+    ).inc()
+
+
+def source_of(request: Request) -> str:
+    """The sender's address, for per-source limits (behind a proxy: the proxy's)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 def _refusal(processor: str, error: WebhookError) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status_code == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status_code in (429, 503) else None
     return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status_code, headers=headers)
 
 
-def _endpoint(app: Any, processor: str, account: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+class Limits:
+    """What one app's webhook routes share: the verification gate, the log sampler, the cap on
+    deliveries being received at once and the body deadline."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        body_deadline_seconds: float = BODY_DEADLINE_SECONDS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        gate: VerificationGate | None = None,
+    ) -> None:
+        self.gate = gate or VerificationGate(clock=clock)
+        self.sampler = LogSampler(clock=clock)
+        self.body_deadline_seconds = body_deadline_seconds
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def receive(self, request: Request, verify: Callable[[bytes], Awaitable[Any]]) -> tuple[bytes, Any]:
+        """Read the body (capped, within the deadline) and run `verify` on it, holding one of the
+        in-flight slots. Returns (body, what verify returned). Raises WebhookError."""
+        if self.in_flight >= self.max_in_flight:
+            raise WebhookBusy("too many deliveries are being received; deliver it again later")
+        self.in_flight += 1
+        try:
+            with anyio.fail_after(self.body_deadline_seconds):
+                raw = await read_body(request)
+            return raw, await verify(raw)
+        except TimeoutError as exc:
+            raise WebhookTimeout(f"the body did not arrive within {self.body_deadline_seconds:g} s") from exc
+        finally:
+            self.in_flight -= 1
+
+    async def refuse(
+        self, app: Any, processor: str, account: str, error: WebhookError, raw: bytes | None, *, verified: bool
+    ) -> Response:
+        """Answer a refused delivery. Verified: counted and audited. Not verified: counted and sampled
+        into the log, nothing durable."""
+        verdict = _VERDICT_OF_CODE.get(error.code, "error")
+        count(processor, verdict)
+        if verified:
+            await _audit_rejection(app, account, error, None if raw is None else len(raw))
+        else:
+            skipped = self.sampler.sample((processor, verdict))
+            if skipped is not None:
+                logger.warning(
+                    "refused a %s webhook delivery (%s, %d): %s; %d similar refusal(s) not logged since the last line",
+                    processor, verdict, error.status_code, error.message, skipped,
+                )
+        return _refusal(processor, error)
+
+
+def _endpoint(app: Any, processor: str, limits: Limits, account: str | None = None) -> Callable[[Request], Awaitable[Response]]:
     """`/webhooks/{processor}` (its single account), or one named account when `account` is None: the
     route's `{account}` label then names `processor@label`."""
     parse = PARSERS[processor]
@@ -148,14 +237,15 @@ def _endpoint(app: Any, processor: str, account: str | None = None) -> Callable[
     async def receive(request: Request) -> Response:
         name = account or _account_name(processor, request)
         raw: bytes | None = None
+        verified = False
         try:
-            verify = _verifier(app, processor, name)
-            raw = await read_body(request)
-            await verify(raw, request)  # over the raw bytes, before anything is parsed or stored
+            verify = _verifier(app, processor, name, limits.gate)
+            # Over the raw bytes, before anything is parsed or stored.
+            raw, _ = await limits.receive(request, lambda body: verify(body, request))
+            verified = True
             events = [_for_account(event, name) for event in parse(raw)]
         except WebhookError as exc:
-            await _audit_rejection(app, name, exc, None if raw is None else len(raw))
-            return _refusal(processor, exc)
+            return await limits.refuse(app, processor, name, exc, raw, verified=verified)
         return await apply_events(app, processor, events)
 
     return receive
@@ -177,14 +267,17 @@ async def apply_events(app: Any, processor: str, events: list[WebhookEvent], ack
         for event in events:
             outcomes.append(await app.service.apply_event(event))
     except SQLAlchemyError:
+        count(processor, "error")
         logger.exception("could not record a %s webhook; answering 500 so it is delivered again", processor)
         return JSONResponse({"error": "not_recorded", "message": "the event could not be recorded; retry"}, status_code=500)
     if "deferred" in outcomes:
+        count(processor, "error")
         return JSONResponse(
             {"error": "deferred", "message": "an event waits for a refund in flight; deliver it again", "outcomes": outcomes},
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
+    count(processor, "replay" if outcomes and all(outcome == "replay" for outcome in outcomes) else "accepted")
     if acknowledgement is not None:
         return acknowledgement
     if processor == "adyen":
@@ -192,17 +285,22 @@ async def apply_events(app: Any, processor: str, events: list[WebhookEvent], ack
     return JSONResponse({"received": len(outcomes), "outcomes": outcomes})
 
 
-def webhook_routes(app: Any) -> list[Route]:
+def webhook_routes(app: Any, limits: Limits | None = None) -> list[Route]:
     """The webhook routes for `app` (refund_mcp.app.App), to mount beside /mcp: one per processor for its
-    single account, one per processor for its named accounts, and one for UCS accounts."""
+    single account, one per processor for its named accounts, and one for UCS accounts.
+
+    `limits` bounds unauthenticated work (tests pass one with their own clock or gate)."""
     from refund_mcp.webhooks.ucs import ucs_endpoint
 
+    limits = limits or Limits()
     single = [
-        Route(f"/webhooks/{processor}", _endpoint(app, processor, processor), methods=["POST"], name=f"webhook_{processor}")
+        Route(f"/webhooks/{processor}", _endpoint(app, processor, limits, processor), methods=["POST"], name=f"webhook_{processor}")
         for processor in PARSERS
     ]
     named = [
-        Route(f"/webhooks/{processor}/{{account}}", _endpoint(app, processor), methods=["POST"], name=f"webhook_{processor}_account")
+        Route(
+            f"/webhooks/{processor}/{{account}}", _endpoint(app, processor, limits), methods=["POST"], name=f"webhook_{processor}_account"
+        )
         for processor in PARSERS
     ]
-    return [*single, *named, Route("/webhooks/ucs/{account}", ucs_endpoint(app), methods=["POST"], name="webhook_ucs")]
+    return [*single, *named, Route("/webhooks/ucs/{account}", ucs_endpoint(app, limits), methods=["POST"], name="webhook_ucs")]

@@ -35,26 +35,34 @@ from refund_mcp.webhooks.errors import (
 from refund_mcp.webhooks.events import IgnoredEvent, WebhookEvent
 
 
-def ucs_endpoint(app: Any) -> Callable[[Request], Awaitable[Response]]:
+def ucs_endpoint(app: Any, limits: Any) -> Callable[[Request], Awaitable[Response]]:
+    """`limits` is the routes' Limits: asking UCS is an outbound call made for a delivery nobody has
+    authenticated yet, so it passes the same gate as PayPal's verification, and a refusal before
+    verification is counted and sampled into the log, not audited."""
     from refund_mcp.webhooks import routes
 
     async def receive(request: Request) -> Response:
         account = request.path_params["account"]
         raw: bytes | None = None
+        verified = False
         try:
             adapter = app.processors.get(account)
             if adapter is None or app.processors.kind(account) != "ucs":
                 raise WebhookNotConfigured(f"no UCS account {account[:20]!r} is configured on this server", status_code=404)
             if adapter.webhook_secret is None:
                 raise WebhookNotConfigured(f"UCS account {account} has no webhook secret (webhook_secret_env)", status_code=503)
-            raw = await routes.read_body(request)
-            answer = await _handle(adapter, raw, request)
+
+            async def verify(body: bytes) -> Any:
+                async with limits.gate.admit(routes.source_of(request)):
+                    return await _handle(adapter, body, request)
+
+            raw, answer = await limits.receive(request, verify)
             if not answer.source_verified:
                 raise WebhookSignatureError("UCS could not verify that this delivery comes from the connector")
+            verified = True
             events = parse_handled(account, answer, raw)
         except WebhookError as exc:
-            await routes._audit_rejection(app, account, exc, None if raw is None else len(raw))
-            return routes._refusal("ucs", exc)
+            return await limits.refuse(app, "ucs", account, exc, raw, verified=verified)
         acknowledgement = None
         if answer.HasField("event_ack_response") and answer.event_ack_response.status_code:
             ack = answer.event_ack_response
