@@ -18,7 +18,7 @@ from bench.common import DEFAULT_PG_URL, Config, Section, log
 # Name on the command line -> module. Run in this order: the cheap, noise-sensitive in-process
 # measurements first, the multi-process ones after.
 # Report order (the numbering).
-REPORT_ORDER = ("overhead", "history", "http", "contention", "cold_start", "policy", "audit")
+REPORT_ORDER = ("overhead", "history", "http", "contention", "cold_start", "policy", "audit", "durability")
 BENCHMARKS = {
     "overhead": "bench.overhead",
     "history": "bench.history",
@@ -27,6 +27,7 @@ BENCHMARKS = {
     "contention": "bench.contention",
     "http": "bench.http_throughput",
     "audit": "bench.audit_verify",
+    "durability": "bench.durability",
 }
 
 

@@ -45,15 +45,17 @@ class ApprovalsMixin:
                 self_approval = True
             else:
                 self_approval = False
-                await self._mark_approved(conn, refund_id, approver, note, now)
+                claimed = await self._mark_approved(conn, refund_id, approver, note, now)
         if self_approval:
             raise Forbidden(f"{approver} asked for refund {refund_id} and cannot approve it; another person must")
-        return await self._submit(refund_id, caller=approver)
+        return await self._submit(refund_id, caller=approver, claimed=claimed)
 
-    async def _mark_approved(self, conn, refund_id: str, approver: str, note: str | None, now) -> None:  # type: ignore[no-untyped-def]
-        await queries.update_refund(
+    async def _mark_approved(self, conn, refund_id: str, approver: str, note: str | None, now):  # type: ignore[no-untyped-def]
+        """Queue the approved refund claimed by this call (a new fencing token); returns the claimed row."""
+        claimed = await queries.claim(
                 conn,
                 refund_id,
+                now,
                 status=RefundStatus.QUEUED.value,
                 approval_state="approved",
                 approval_decided_by=approver,
@@ -65,6 +67,7 @@ class ApprovalsMixin:
                 updated_at=now,
             )
         await audit.append(conn, AuditEntry(actor=approver, action="approval.approved", target=refund_id, outcome="queued", detail={"note": note}))
+        return claimed
 
     async def deny(self, refund_id: str, *, approver: str, note: str | None = None) -> views.RefundView:
         approver = self._check_approver(approver)

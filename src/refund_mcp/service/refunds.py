@@ -58,7 +58,7 @@ from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.registry import ProcessorRegistry
-from refund_mcp.service import views
+from refund_mcp.service import attempts, views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.events import EventsMixin
@@ -687,6 +687,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                     # Claimed by this call: the worker leaves it alone unless this process dies mid-way.
                     values["next_attempt_at"] = now
                     values["claimed_until"] = now + timedelta(seconds=self.settings.claim_seconds)
+                    values["claim_token"] = 1
+                    values["key_first_sent_at"] = now
                     submit = True
                     message = "Accepted and reserved; submitting to the processor."
                 action = "refund.reserved"
@@ -721,142 +723,43 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         delay = random.uniform(ceiling / 2, ceiling)
         return max(delay, retry_after or 0.0)
 
-    async def _submit(self, refund_id: str, *, caller: str, raise_declined: bool = False) -> views.RefundView:
-        """Send a claimed queued refund to its processor and record the answer (outside any transaction)."""
-        row = self._just_reserved.pop(refund_id, None)
+    async def _submit(
+        self, refund_id: str, *, caller: str, raise_declined: bool = False, claimed: Row[Any] | None = None
+    ) -> views.RefundView:
+        """Run one attempt for a refund this caller has just claimed (service/attempts.py), outside any transaction.
+
+        `claimed` is the row as the claiming transaction returned it: its fencing token is the attempt's."""
+        row = claimed or self._just_reserved.pop(refund_id, None)
         if row is None:
             async with self.db.read() as conn:
                 row = await queries.get_refund(conn, refund_id)
         if row.status != RefundStatus.QUEUED.value:
             return self._refund_view(row)  # settled meanwhile (e.g. by a webhook): nothing to send
-        processor = self._processor(row.processor)
-        request = ProcessorRefundRequest(
-            refund_id=row.id,
-            transaction_id=row.transaction_id.partition(":")[2],  # canonical ids are "processor:id"
-            amount_minor=row.amount_minor,
-            currency=row.currency,
-            reason=RefundReason(row.reason),
-            idempotency_key=row.id,
-            note=row.note,
-            # Ours last: the caller's metadata can never replace the id that ties the processor's refund to ours.
-            metadata={**decode_metadata(row.refund_metadata), "refund_mcp_id": row.id},
-        )
-        try:
-            answer = await processor.create_refund(request)
-        except ProcessorCallError as exc:
-            if exc.retryable:
-                self.breaker.record_failure(row.processor)
-                return await self._schedule_retry(row, exc)
-            self.breaker.record_success(row.processor)  # it answered: it is up
-            view = await self._record_declined(row, exc)
-            if raise_declined:
-                exc.message = f"{exc.message} (refund {row.id} marked failed; nothing was refunded)"
-                exc._audited = True  # type: ignore[attr-defined]
-                raise exc
-            return view
-        except RefundError as exc:
-            view = await self._record_declined(row, exc)
-            if raise_declined:
-                exc.message = f"{exc.message} (refund {row.id} marked failed; nothing was refunded)"
-                exc._audited = True  # type: ignore[attr-defined]
-                raise exc
-            return view
-        self.breaker.record_success(row.processor)
-        failpoints.hit("after_processor_answer")
-        return await self._record_answer(row.id, answer, actor=caller, action="refund.submitted")
-
-    async def _schedule_retry(self, row: Row[Any], exc: ProcessorCallError) -> views.RefundView:
-        now = self.clock()
-        attempts = row.attempts + 1
-        deadline = row.retry_deadline_at
-        maybe_sent = bool(row.maybe_sent) or exc.delivery.value == "outcome_unknown"
-        if deadline is not None and now >= deadline:
-            next_at = None
-            last_error = f"{exc} — retry deadline passed; a human must decide (refund-mcp refunds resolve ID --failed|--retry --by NAME)"
-            action = "refund.retry_exhausted"
-        else:
-            next_at = now + timedelta(seconds=self._backoff(attempts, exc.retry_after))
-            last_error = str(exc)
-            action = "refund.retry_scheduled"
-        async with self.db.write() as conn:
-            current = await queries.get_refund(conn, row.id)
-            if current.status != RefundStatus.QUEUED.value:
-                # Something (a webhook, a cancel before sending) settled it meanwhile; leave that alone.
-                return self._refund_view(current)
-            await queries.update_refund(
-                conn, row.id, attempts=attempts, last_error=last_error, next_attempt_at=next_at, claimed_until=None, maybe_sent=maybe_sent, updated_at=now
-            )
-            await audit.append(
-                conn,
-                AuditEntry(
-                    actor="refund-mcp",
-                    action=action,
-                    target=row.id,
-                    outcome="queued",
-                    error_code=exc.code,
-                    processor_request_id=exc.request_id,
-                    detail={"attempts": attempts, "delivery": exc.delivery.value, "message": exc.message},
-                ),
-            )
-            current = await queries.get_refund(conn, row.id)
-        view = self._refund_view(current)
-        view.message = (
-            f"{row.processor} did not confirm the refund yet ({exc.code}). It stays reserved and will be retried "
-            "automatically with the same idempotency key, so it can never be made twice."
-        )
-        return view
-
-    async def _record_declined(self, row: Row[Any], exc: RefundError) -> views.RefundView:
-        now = self.clock()
-        async with self.db.write() as conn:
-            await queries.update_refund(
-                conn,
-                row.id,
-                status=RefundStatus.FAILED.value,
-                failure_reason=f"[{exc.code}] {exc.message}",
-                attempts=row.attempts + 1,
-                next_attempt_at=None,
-                claimed_until=None,
-                last_error=str(exc),
-                updated_at=now,
-            )
-            await audit.append(
-                conn,
-                AuditEntry(
-                    actor="refund-mcp",
-                    action="refund.failed",
-                    target=row.id,
-                    outcome="failed",
-                    error_code=exc.code,
-                    processor_request_id=getattr(exc, "request_id", None),
-                    detail={"message": exc.message},
-                ),
-            )
-            current = await queries.get_refund(conn, row.id)
-        view = self._refund_view(current)
-        view.message = f"The processor refused this refund ([{exc.code}]); nothing was refunded and the amount is released."
-        return view
-
-    async def _record_answer(self, refund_id: str, answer: ProcessorRefund, *, actor: str, action: str) -> views.RefundView:
-        async with self.db.write() as conn:
-            view = await self.apply_processor_state(conn, refund_id, answer, actor=actor, action=action)
-        return view
+        return await attempts.run(self, attempts.Claim(row), caller=caller, raise_declined=raise_declined)
 
     async def apply_processor_state(
-        self, conn: AsyncConnection, refund_id: str, answer: ProcessorRefund, *, actor: str, action: str
+        self, conn: AsyncConnection, refund_id: str, answer: ProcessorRefund, *, actor: str, action: str,
+        claim_token: int | None = None,
     ) -> views.RefundView:
-        """Record what the processor says about one of our refunds, following the status rules."""
+        """Record what the processor says about one of our refunds, following the status rules.
+
+        `claim_token` is given by an attempt (service/attempts.py): the write then happens only if the attempt
+        still holds its claim, and ends it. Webhooks, status syncs and reconciliation are not attempts: they
+        apply the processor's truth at any time but never end another attempt's claim."""
         now = self.clock()
         row = await queries.get_refund(conn, refund_id)
+        if claim_token is not None and int(row.claim_token) != claim_token:
+            return await attempts.stale_attempt(self, conn, refund_id, claim_token, attempts.answer_record(answer))
         current = RefundStatus(row.status)
         values: dict[str, Any] = {
             "processor_refund_id": answer.processor_refund_id,
             "processor_status": answer.processor_status,
-            "claimed_until": None,
             "updated_at": now,
         }
-        if current is RefundStatus.QUEUED:
-            values["attempts"] = row.attempts + 1
+        if claim_token is not None:
+            values["claimed_until"] = None
+            if current is RefundStatus.QUEUED:
+                values["attempts"] = row.attempts + 1
         if answer.request_id:
             values["processor_request_id"] = answer.request_id
         changed = may_transition(current, answer.status)
@@ -866,9 +769,14 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             # Not final: the status sync polls it; final: nothing more to do.
             values["next_attempt_at"] = None if answer.status.is_final else now + timedelta(seconds=self.settings.retry_base_seconds)
             values["last_error"] = None
-        elif current is RefundStatus.QUEUED:
+        elif current is RefundStatus.QUEUED and claim_token is not None:
             values["next_attempt_at"] = None
-        updated = await queries.update_refund_returning(conn, refund_id, **values)
+        if claim_token is not None:
+            updated = await queries.update_claimed(conn, refund_id, claim_token, queued_only=False, **values)
+            if updated is None:  # unreachable inside the serialized transaction; kept as the write's own guard
+                return await attempts.stale_attempt(self, conn, refund_id, claim_token, attempts.answer_record(answer))
+        else:
+            updated = await queries.update_refund_returning(conn, refund_id, **values)
         await audit.append(
             conn,
             AuditEntry(
@@ -1084,7 +992,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     # ----------------------------------------------------------------- worker steps
 
     async def process_due(self, limit: int = 20) -> int:
-        """Submit queued refunds whose retry is due. Returns how many were attempted."""
+        """Run an attempt for each queued refund whose retry is due. Returns how many were attempted."""
         now = self.clock()
         async with self.db.write() as conn:
             rows = await queries.claim_due(conn, now, now + timedelta(seconds=self.settings.claim_seconds), limit)
@@ -1093,11 +1001,12 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         for row in rows:
             if row.processor in open_processors or self.processors.get(row.processor) is None:
                 async with self.db.write() as conn:
-                    await queries.update_refund(
-                        conn, row.id, claimed_until=None, next_attempt_at=now + timedelta(seconds=self.settings.circuit_open_seconds)
+                    await queries.update_claimed(
+                        conn, row.id, row.claim_token, claimed_until=None,
+                        next_attempt_at=now + timedelta(seconds=self.settings.circuit_open_seconds),
                     )
                 continue
-            await self._submit(row.id, caller="refund-mcp")
+            await self._submit(row.id, caller="refund-mcp", claimed=row)
             attempted += 1
         return attempted
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, true, update
+from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -165,9 +165,11 @@ async def update_refund_returning(conn: AsyncConnection, refund_id: str, **value
 
 
 async def claim_due(conn: AsyncConnection, now: datetime, claim_until: datetime, limit: int) -> list[Row[Any]]:
-    """Take queued refunds whose next attempt is due and which nobody is submitting; mark them in flight."""
+    """Take queued refunds whose next attempt is due and which nobody is submitting; mark them in flight.
+
+    Each claim takes a new fencing token (claim_token + 1); the rows returned carry it."""
     query = (
-        select(R)
+        select(R.c.id, R.c.claimed_until)
         .where(
             R.c.status == RefundStatus.QUEUED.value,
             R.c.next_attempt_at.is_not(None),
@@ -179,12 +181,32 @@ async def claim_due(conn: AsyncConnection, now: datetime, claim_until: datetime,
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    rows = list((await conn.execute(query)).all())
-    for row in rows:
-        # A lapsed claim means its submitter died mid-call: that attempt may have reached the processor.
-        maybe_sent = bool(row.maybe_sent) or row.claimed_until is not None
-        await update_refund(conn, row.id, claimed_until=claim_until, maybe_sent=maybe_sent)
-    return rows
+    claimed = []
+    for refund_id, claimed_until in (await conn.execute(query)).all():
+        values: dict[str, Any] = {"claimed_until": claim_until, "claim_token": R.c.claim_token + 1}
+        if claimed_until is not None:
+            # A lapsed claim means its submitter died or stalled mid-call: that attempt may have reached the processor.
+            values["maybe_sent"] = True
+        claimed.append(await claim(conn, refund_id, now, **values))
+    return claimed
+
+
+async def claim(conn: AsyncConnection, refund_id: str, now: datetime, **values: Any) -> Row[Any]:
+    """Take a new claim on a refund (a new fencing token) and note when its current key is first possibly sent."""
+    values.setdefault("claim_token", R.c.claim_token + 1)
+    values["key_first_sent_at"] = func.coalesce(R.c.key_first_sent_at, literal(now, R.c.key_first_sent_at.type))
+    return await update_refund_returning(conn, refund_id, **values)
+
+
+async def update_claimed(
+    conn: AsyncConnection, refund_id: str, claim_token: int, *, queued_only: bool = True, **values: Any
+) -> Row[Any] | None:
+    """A write after a processor call: applied only if the attempt still holds its claim (its fencing token
+    is current) and, by default, the refund is still queued. None: nothing was written."""
+    conditions = [R.c.id == refund_id, R.c.claim_token == claim_token]
+    if queued_only:
+        conditions.append(R.c.status == RefundStatus.QUEUED.value)
+    return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
 
 
 async def due_for_sync(conn: AsyncConnection, now: datetime, processors: list[str], limit: int) -> list[Row[Any]]:

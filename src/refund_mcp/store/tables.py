@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -92,6 +93,18 @@ refunds = Table(
     # True once an attempt ended with an unknown outcome: the processor may hold this refund already,
     # so it can no longer be cancelled locally, only completed by retrying with the same key.
     Column("maybe_sent", Boolean, nullable=False, default=False),
+    # Fencing token: every claim (reservation, worker, approval, operator retry) increments it, and every
+    # write after a processor call is conditional on the attempt's own token, so an attempt that lost its
+    # claim (its lease lapsed and another worker took over) changes nothing.
+    Column("claim_token", Integer, nullable=False, default=0, server_default="0"),
+    # The idempotency key sent is the refund id for generation 0 and "<id>.<n>" after; a new generation is
+    # started only after the processor was searched and holds no refund of ours (service/resend.py).
+    Column("key_generation", Integer, nullable=False, default=0, server_default="0"),
+    # When the current key was first (possibly) sent: its age decides whether it may be sent again.
+    Column("key_first_sent_at", UTCDateTime),
+    # The next attempt must search the processor before sending (after a complete 5xx answer, which
+    # Stripe stores under the key, or a balance refusal of a resend, or an inconclusive search).
+    Column("lookup_first", Boolean, nullable=False, default=False, server_default=false()),
     Column("processor_status", String(40)),
     Column("processor_request_id", String(200)),
     Column("failure_reason", Text),
