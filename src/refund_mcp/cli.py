@@ -419,12 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     refunds = sub.add_parser("refunds", help="operator decisions on refunds the worker could not complete")
     refunds_sub = refunds.add_subparsers(dest="refunds_command", required=True)
-    refunds_sub.add_parser("stuck", help="queued refunds whose retry deadline passed")
+    refunds_sub.add_parser("stuck", help="queued refunds waiting for an operator (retry deadline passed, or in doubt on a processor that cannot be searched)")
     resolve = refunds_sub.add_parser("resolve", help="decide a stuck queued refund")
     resolve.add_argument("refund_id")
     outcome = resolve.add_mutually_exclusive_group(required=True)
     outcome.add_argument("--failed", action="store_true", help="you checked the processor: nothing was refunded; release the amount")
-    outcome.add_argument("--retry", action="store_true", help="retry again with the same idempotency key")
+    outcome.add_argument("--retry", action="store_true", help="retry under the resend rule: a refund whose key may have expired is searched for first; refused where the processor cannot be searched")
     resolve.add_argument("--by", required=True, help="the operator's name (recorded in the audit log)")
     resolve.add_argument("--note", default=None)
 

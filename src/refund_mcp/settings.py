@@ -96,13 +96,13 @@ class Settings:
     # Named accounts from the processors file (REFUND_MCP_PROCESSORS), beside the single accounts above.
     accounts: tuple[Any, ...] = ()
     # Retries of queued refunds: exponential backoff with jitter up to this deadline, after which a
-    # human decides. Kept well under Stripe's 24 h idempotency-key retention so a retry is always safe.
+    # human decides. A retry never re-sends a key the processor may have forgotten (service/resend.py).
     retry_deadline_seconds: float = 6 * 3600
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 300.0
     worker_interval_seconds: float = 1.0
-    # How long a submission may be in flight before another worker may take the refund over.
-    # Longer than the adapters' request timeouts, so a live submission is never overtaken.
+    # How long a submission may be in flight before another worker may take the refund over. Each attempt
+    # is cut off at 75 % of it (service/attempts.py), above the adapters' request timeouts.
     claim_seconds: float = 120.0
     circuit_failure_threshold: int = 5
     circuit_open_seconds: float = 30.0

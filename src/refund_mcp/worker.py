@@ -1,8 +1,9 @@
 """The background loop: retries queued refunds, syncs pending ones, expires approvals.
 
 It runs inside `refund-mcp serve` and alone as `refund-mcp worker`. Several workers (on several
-replicas) share the work safely: a refund is claimed with a lease before it is submitted, and
-every submission reuses the refund's idempotency key, so a lapsed lease can never make two refunds.
+replicas) share the work safely: a refund is claimed with a lease and a fencing token before it is
+submitted, an overtaken attempt can write nothing (service/attempts.py), and a key the processor may
+have forgotten is never sent again (service/resend.py), so a lapsed lease can never make two refunds.
 """
 
 from __future__ import annotations

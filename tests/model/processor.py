@@ -72,6 +72,7 @@ class Held:
 
     gate: asyncio.Event
     refund_mcp_id: str
+    task: asyncio.Task[Any] | None  # the caller's task, blocked until the gate opens
 
 
 class ModelProcessor(Processor):
@@ -203,7 +204,7 @@ class ModelProcessor(Processor):
         return self._replay(outcome)
 
     async def _hold(self, request: ProcessorRefundRequest) -> None:
-        held = Held(asyncio.Event(), request.refund_id)
+        held = Held(asyncio.Event(), request.refund_id, asyncio.current_task())
         self.held.append(held)
         self.arrived.set()
         await held.gate.wait()

@@ -4,7 +4,8 @@ create_refund: validate -> resolve the transaction -> (one serialized write tran
 idempotency and duplicates -> balance and currency -> policy -> reserve as `queued` or
 `pending_approval` -> audit) -> submit to the processor outside any transaction -> record the
 answer -> audit. A processor that cannot be reached leaves the refund `queued`, reserved, for
-the worker to retry with the same idempotency key.
+the worker to retry; attempts and the writes after them are in service/attempts.py, what may be
+re-sent under which key in service/resend.py.
 """
 
 from __future__ import annotations
