@@ -253,11 +253,22 @@ class MoneyMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ invariants
 
+    @invariant()
+    def money_is_right(self) -> None:
+        """Every check after every step, over one read of our books."""
+        rows = self.refunds()
+        self.at_most_one_processor_refund_per_refund(rows)
+        self.processor_refunds_within_captured(rows)
+        self.released_money_is_not_at_the_processor(rows)
+        self.every_refund_had_an_allowing_decision(rows)
+        self.approvals_are_decided_before_they_expire(rows)
+        self.at_most_the_policy_count_of_refunds_per_payment(rows)
+        self.no_final_state_regresses(rows)
+
     def _processor_refunds(self) -> list[tuple[ModelProcessor, Any]]:
         return [(p, r) for p in self.processors.values() for r in p.refunds.values()]
 
-    @invariant()
-    def at_most_one_processor_refund_per_refund(self) -> None:
+    def at_most_one_processor_refund_per_refund(self, rows: list[Any]) -> None:
         if not checking("one_per_request"):
             return
         seen: dict[str, str] = {}
@@ -265,31 +276,28 @@ class MoneyMachine(RuleBasedStateMachine):
             assert refund.refund_mcp_id not in seen, f"two processor refunds for {refund.refund_mcp_id}: {seen[refund.refund_mcp_id]} and {refund.id}"
             seen[refund.refund_mcp_id] = refund.id
 
-    @invariant()
-    def processor_refunds_within_captured(self) -> None:
+    def processor_refunds_within_captured(self, rows: list[Any]) -> None:
         if not checking("within_captured"):
             return
         for processor in self.processors.values():
             for payment in {id(p): p for p in processor.payments.values()}.values():
                 assert processor.refunded(payment) <= payment.amount_minor
 
-    @invariant()
-    def released_money_is_not_at_the_processor(self) -> None:
+    def released_money_is_not_at_the_processor(self, rows: list[Any]) -> None:
         """A refund we released (cancelled, or failed by us) is not held by the processor, except while a
         processor's own flip (failure then success) has not reached us yet."""
         if not checking("released"):
             return
-        rows = {row.id: row for row in self.refunds()}
+        by_id = {row.id: row for row in rows}
         for _, refund in self._processor_refunds():
-            row = rows.get(refund.refund_mcp_id)
+            row = by_id.get(refund.refund_mcp_id)
             if row is None or refund.status is RefundStatus.FAILED or RefundStatus.FAILED in refund.history:
                 continue
             assert row.status != "cancelled", f"{row.id} is cancelled but {refund.id} is {refund.status} at the processor"
             if row.status == "failed":
                 assert row.processor_refund_id == refund.id, f"{row.id} failed ({row.failure_reason}) but {refund.id} is {refund.status}"
 
-    @invariant()
-    def every_refund_had_an_allowing_decision(self) -> None:
+    def every_refund_had_an_allowing_decision(self, rows: list[Any]) -> None:
         if not checking("decision"):
             return
         records = self.query(
@@ -300,7 +308,7 @@ class MoneyMachine(RuleBasedStateMachine):
         reserved = {r.target: json.loads(r.body) for r in records if r.action in ("refund.reserved", "refund.pending_approval")}
         approved = {r.target for r in records if r.action == "approval.approved"}
         at_processor = {r.refund_mcp_id for _, r in self._processor_refunds()}
-        for row in self.refunds():
+        for row in rows:
             if row.origin != "agent" or not (row.id in at_processor or row.status in ("pending", "succeeded", "requires_action")):
                 continue
             record = reserved.get(row.id)
@@ -317,31 +325,28 @@ class MoneyMachine(RuleBasedStateMachine):
                     f"{row.id}: the human confirmed {self.confirmed[row.id]}, {row.amount_minor} was reserved"
                 )
 
-    @invariant()
-    def approvals_are_decided_before_they_expire(self) -> None:
+    def approvals_are_decided_before_they_expire(self, rows: list[Any]) -> None:
         if not checking("approval_expiry"):
             return
-        for row in self.refunds():
+        for row in rows:
             if row.approval_state == "approved":
                 assert row.approval_decided_at <= row.approval_expires_at, f"{row.id} approved after its approval expired"
 
-    @invariant()
-    def at_most_the_policy_count_of_refunds_per_payment(self) -> None:
+    def at_most_the_policy_count_of_refunds_per_payment(self, rows: list[Any]) -> None:
         if not checking("refunds_per_payment"):
             return
         per_payment: dict[int, int] = {}
-        for row in self.refunds():
+        for row in rows:
             if row.origin == "agent" and row.status not in ("failed", "cancelled"):
                 processor, _, bare = row.transaction_id.partition(":")
                 payment = self.processors[processor].payments[bare]
                 per_payment[id(payment)] = per_payment.get(id(payment), 0) + 1
         assert all(count <= MAX_REFUNDS_PER_PAYMENT for count in per_payment.values()), per_payment
 
-    @invariant()
-    def no_final_state_regresses(self) -> None:
+    def no_final_state_regresses(self, rows: list[Any]) -> None:
         if not checking("no_regress"):
             return
-        for row in self.refunds():
+        for row in rows:
             new = RefundStatus(row.status)
             old = self.last_status.get(row.id)
             if old is not None and old.is_final and old != new:
