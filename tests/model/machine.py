@@ -35,14 +35,14 @@ from tests.model.processor import CREATE_FAULTS, ModelProcessor, Payment
 
 PER_REFUND = {"USD": 10000, "EUR": 10000}  # policy.yaml limits.per_refund
 MAX_REFUNDS_PER_PAYMENT = 3  # policy.yaml limits.max_refunds_per_transaction
-TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "adyen:psp_1")
+TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "stripe:ch_3", "adyen:psp_1")
 # Past a lease (121 s), past half a Stripe key's life (13 h), past it (25 h), past an Adyen key's (32 days).
 JUMPS = (1, 121, 121, 3600, 13 * 3600, 25 * 3600, 25 * 3600, 3 * 86400, 32 * 86400)
 ACTORS = ("agent-a", "agent-b")
 # Allowed changes of a final status: a late failure after success, and Adyen's failure then success.
 FLIPS = {(RefundStatus.SUCCEEDED, RefundStatus.FAILED), (RefundStatus.FAILED, RefundStatus.SUCCEEDED)}
 # Checks by name; REFUND_MCP_MODEL_SKIP=name,name turns some off (to see which checks an older tree fails,
-# one at a time): one_per_request, within_captured, released, decision, currency, confirmed_amount,
+# one at a time): one_per_request, within_captured, released, in_doubt, decision, currency, confirmed_amount,
 # approval_expiry, refunds_per_payment, no_regress, books, adyen_flip.
 # REFUND_MCP_MODEL_ONLY=name,name runs only those.
 # Checks of guarantees this tree does not give yet are off unless named (REFUND_MCP_MODEL_SKIP= turns all on).
@@ -71,6 +71,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.adyen.arrived = self.stripe.arrived  # one signal for "a call is now held"
         self.stripe.add_payment(Payment("ch_1", 10000, "USD", aliases=("pi_1",)))
         self.stripe.add_payment(Payment("ch_2", 6000, "EUR"))
+        self.stripe.add_payment(Payment("ch_3", 2500, "USD"))  # refunded in full without a confirmation
         self.adyen.add_payment(Payment("psp_1", 8000, "EUR"))
         self.processors = {"stripe": self.stripe, "adyen": self.adyen}
         url = f"sqlite+aiosqlite:///{self.dir}/model.sqlite3"
@@ -133,18 +134,18 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(
         actor=st.sampled_from(ACTORS),
         transaction=st.sampled_from(TRANSACTIONS),
-        amount=st.sampled_from((None, 500, 1000, 2500, 2500, 4000, 6000, 9000)),
+        amount=st.sampled_from((None, None, 500, 1000, 2500, 2500, 4000, 6000, 9000)),
         reason=st.sampled_from(("requested_by_customer", "requested_by_customer", "fraudulent")),
         key=st.sampled_from((None, None, "k1", "k2")),
         confirmation=st.sampled_from(("human", "human", "none", "unavailable")),
         cancel_mid_prompt=st.booleans(),
-        fault=st.sampled_from((None, None, "lost_answer", "hold", *CREATE_FAULTS)),
+        fault=st.sampled_from((None, None, "lost_answer", "hold", "held_429+lost_answer", *CREATE_FAULTS)),
         instance=st.sampled_from((0, 1)),
     )
     def create(self, actor, transaction, amount, reason, key, confirmation, cancel_mid_prompt, fault, instance):  # type: ignore[no-untyped-def]
         service = self.services[instance]
-        if fault is not None:
-            self.processors[transaction.partition(":")[0]].faults.append(fault)
+        if fault is not None:  # "a+b": this call gets a, the next call to that processor b
+            self.processors[transaction.partition(":")[0]].faults.extend(fault.split("+"))
         req = RefundInput(transaction_id=transaction, reason=reason, amount_minor=amount, idempotency_key=key)
         state, shown = Confirmation.NOT_ASKED, None
         if confirmation == "unavailable":
@@ -161,6 +162,17 @@ class MoneyMachine(RuleBasedStateMachine):
         result = self.run(service.create_refund(actor, req, state))
         if shown is not None and result is not None and not isinstance(result, RefundError) and result.duplicate_of is None:
             self.confirmed.setdefault(result.refund_id, shown)
+
+    @rule(
+        actor=st.sampled_from(ACTORS),
+        transaction=st.sampled_from(TRANSACTIONS),
+        amount=st.sampled_from((None, 500, 2500)),
+        fault=st.sampled_from(("held_429+lost_answer", "lost_answer", "hold", "stored_5xx", "held_429")),
+        instance=st.sampled_from((0, 1)),
+    )
+    def create_while_the_processor_struggles(self, actor, transaction, amount, fault, instance):  # type: ignore[no-untyped-def]
+        """The faults that put a refund in doubt, more often than `create` draws them."""
+        self.create(actor, transaction, amount, "requested_by_customer", None, "human", False, fault, instance)
 
     @rule(index=st.integers(0, 20), instance=st.sampled_from((0, 1)))
     def cancel(self, index, instance):  # type: ignore[no-untyped-def]
@@ -208,6 +220,13 @@ class MoneyMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from(JUMPS))
     def time_passes(self, seconds):  # type: ignore[no-untyped-def]
         self.clock.now += timedelta(seconds=seconds)
+
+    @precondition(lambda self: any(p.held for p in self.processors.values()))
+    @rule(instance=st.sampled_from((0, 1)))
+    def another_worker_takes_over(self, instance):  # type: ignore[no-untyped-def]
+        """While a call is held, its lease lapses and a worker takes the refund over."""
+        self.clock.now += timedelta(seconds=self.services[instance].settings.claim_seconds + 1)
+        self.run(run_once(self.services[instance]))
 
     @precondition(lambda self: any(p.held for p in self.processors.values()))
     @rule(index=st.integers(0, 5))
@@ -267,6 +286,7 @@ class MoneyMachine(RuleBasedStateMachine):
         self.at_most_one_processor_refund_per_refund(rows)
         self.processor_refunds_within_captured(rows)
         self.released_money_is_not_at_the_processor(rows)
+        self.what_may_be_at_the_processor_stays_in_doubt(rows)
         self.every_refund_had_an_allowing_decision(rows)
         self.approvals_are_decided_before_they_expire(rows)
         self.at_most_the_policy_count_of_refunds_per_payment(rows)
@@ -303,6 +323,16 @@ class MoneyMachine(RuleBasedStateMachine):
             assert row.status != "cancelled", f"{row.id} is cancelled but {refund.id} is {refund.status} at the processor"
             if row.status == "failed":
                 assert row.processor_refund_id == refund.id, f"{row.id} failed ({row.failure_reason}) but {refund.id} is {refund.status}"
+
+    def what_may_be_at_the_processor_stays_in_doubt(self, rows: list[Any]) -> None:
+        """A queued refund the processor holds must be marked as possibly sent (or be in flight): otherwise
+        it could be cancelled locally and its money released while it is paid."""
+        if not checking("in_doubt"):
+            return
+        held = {r.refund_mcp_id for _, r in self._processor_refunds()}
+        for row in rows:
+            if row.status == "queued" and row.id in held:
+                assert row.maybe_sent or row.claimed_until is not None, f"{row.id} is at the processor but looks unsent"
 
     def every_refund_had_an_allowing_decision(self, rows: list[Any]) -> None:
         if not any(checking(name) for name in ("decision", "currency", "confirmed_amount")):
