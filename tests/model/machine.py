@@ -34,7 +34,7 @@ from tests.model.harness import Clock, build_service
 from tests.model.processor import CREATE_FAULTS, ModelProcessor, Payment
 
 PER_REFUND = {"USD": 10000, "EUR": 10000}  # policy.yaml limits.per_refund
-MAX_REFUNDS_PER_PAYMENT = 3  # policy.yaml limits.max_refunds_per_transaction
+MAX_REFUNDS_PER_PAYMENT = 2  # policy.yaml limits.max_refunds_per_transaction
 TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "stripe:ch_3", "adyen:psp_1")
 # Past a lease (121 s), past half a Stripe key's life (13 h), past it (25 h), past an Adyen key's (32 days).
 JUMPS = (1, 121, 121, 3600, 13 * 3600, 25 * 3600, 25 * 3600, 3 * 86400, 32 * 86400)
