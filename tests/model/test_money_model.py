@@ -16,4 +16,4 @@ class TestMoneyModel(MoneyMachine.TestCase):
 
 @pytest.mark.slow
 class TestMoneyModelLong(MoneyMachine.TestCase):
-    settings = settings(max_examples=600, stateful_step_count=50, **_COMMON)
+    settings = settings(max_examples=500, stateful_step_count=40, **_COMMON)
