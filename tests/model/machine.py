@@ -464,9 +464,18 @@ class MoneyMachine(RuleBasedStateMachine):
         try:
             self.settle_and_check_books()
         finally:
+            # Let every task end (cancelled ones too) and every connection close before the loop does:
+            # a database thread that calls back into a closed loop would fail a later test.
             for task in self.pending_tasks:
                 task.cancel()
+            leftovers = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+
+            async def finish() -> None:
+                await asyncio.gather(*leftovers, return_exceptions=True)
+
+            self.loop.run_until_complete(finish())
             for db in self.dbs:
                 self.loop.run_until_complete(db.dispose())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
             shutil.rmtree(self.dir, ignore_errors=True)
