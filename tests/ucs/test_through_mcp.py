@@ -95,7 +95,9 @@ async def test_an_over_refund_is_refused_before_the_connector_is_called(world):
     assert world.fake.refund_calls() == []
 
 
-async def test_deadline_after_the_connector_accepted_then_the_retry_makes_exactly_one_refund(world):
+async def test_deadline_after_the_connector_accepted_then_no_resend_and_an_operator_decides(world):
+    """UCS publishes no idempotency-key retention and cannot be searched by our id: a refund whose outcome is
+    unknown is never sent again (its key may be forgotten); it stays reserved until an operator decides."""
     await call(world, "lookup_transaction", transaction_id=TXN)
     world.fake.faults.deadline_after_commit = 1
     queued = (await call(world, "create_refund", transaction_id=TXN, reason="service_issue", amount_minor=1234)).structured_content
@@ -106,10 +108,12 @@ async def test_deadline_after_the_connector_accepted_then_the_retry_makes_exactl
     world.app.service.clock = lambda: real_clock() + timedelta(hours=1)
     assert await world.app.service.process_due() == 1
     world.app.service.clock = real_clock
-    done = (await call(world, "get_refund_status", refund_id=queued["refund_id"], refresh=False)).structured_content
-    assert done["status"] == "succeeded" and len(world.fake.refunds) == 1
+    stuck = await world.app.service.stuck_refunds()
+    assert [view.refund_id for view in stuck] == [queued["refund_id"]]
+    assert "cannot be searched" in stuck[0].retry.last_error
+    assert len(world.fake.refunds) == 1
     attempts = [c.request.merchant_refund_id for c in world.fake.refund_calls()]
-    assert attempts == [queued["refund_id"]] * 2
+    assert attempts == [queued["refund_id"]]
 
 
 async def test_a_decline_fails_the_refund_and_releases_the_amount(world):
