@@ -462,7 +462,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tracing.configure_from_env()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT or REFUND_MCP_OTEL=1
     from refund_mcp.policy import PolicyFileError
-    from refund_mcp.store.migrations import SchemaTooNew
 
     try:
         if args.command == "serve":
@@ -492,11 +491,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except SchemaTooNew as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The migrations module imports SQLAlchemy: only when something failed, not on serve's start path.
+        from refund_mcp.store.migrations import SchemaTooNew
+
+        if not isinstance(exc, SchemaTooNew):
+            raise
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_USAGE
 
 
