@@ -18,14 +18,17 @@ from bench.common import DEFAULT_PG_URL, Config, Section, log
 # Name on the command line -> module. Run in this order: the cheap, noise-sensitive in-process
 # measurements first, the multi-process ones after.
 # Report order (the numbering).
-REPORT_ORDER = ("overhead", "history", "http", "contention", "cold_start", "policy", "audit", "durability")
+REPORT_ORDER = ("floor", "overhead", "history", "http", "scaling", "contention", "cold_start", "memory", "policy", "audit", "durability")
 BENCHMARKS = {
+    "floor": "bench.raw_floor",
     "overhead": "bench.overhead",
     "history": "bench.history",
     "policy": "bench.policy_engine",
     "cold_start": "bench.cold_start",
+    "memory": "bench.memory",
     "contention": "bench.contention",
     "http": "bench.http_throughput",
+    "scaling": "bench.scaling",
     "audit": "bench.audit_verify",
     "durability": "bench.durability",
 }

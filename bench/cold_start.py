@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, Config, Section, Spread, Target, fmt, fmt_spread, log, refund_mcp_command, server_env, sqlite_url
 
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.2
 BARE_SCRIPT = BENCH_DIR / "bare_stdio_server.py"
 
 

@@ -62,7 +62,7 @@ class Config:
     overhead_warmup: int = 20
     # 1b. create_refund as the history grows
     history_calls: int = 60
-    history_other: int = 20_000
+    history_other: int = 98_000
     history_same: int = 2_000
     # 2. HTTP throughput
     http_clients: tuple[int, ...] = (8, 32)

@@ -9,20 +9,30 @@ warm-up; refunds/s counts the calls that started inside the window.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 
 from bench.common import (
+    BENCH_DIR,
     REFUNDABLE_DEMO_PAYMENTS,
     Config,
     Section,
     Spread,
+    Target,
+    _stop,
+    _wait_healthy,
     describe_error,
     error_code,
     fmt,
     fmt_spread,
+    free_port,
     fresh_db,
     http_client_factory,
     http_servers,
@@ -36,8 +46,20 @@ from bench.common import (
 )
 
 
-async def _load(urls: list[str], count: int, http: Any, warmup: float, window: float) -> dict[str, Any]:
-    """`count` clients call create_refund back to back (closed loop); calls that finish inside the window count.
+async def _refund_call(client: Any, key: str, n: int) -> Any:
+    # Spread over the demo payments that have a balance: the nearest thing to distinct
+    # transactions the sandbox offers (it has eight payments; REFUND_MCP_SANDBOX_PAYMENTS does not exist).
+    return await client.call_tool("create_refund", refund_args(REFUNDABLE_DEMO_PAYMENTS[n % len(REFUNDABLE_DEMO_PAYMENTS)], key))
+
+
+async def _noop_call(client: Any, key: str, n: int) -> Any:
+    return await client.call_tool("noop", {"transaction_id": key})
+
+
+async def _load(
+    urls: list[str], count: int, http: Any, warmup: float, window: float, call: Callable[[Any, str, int], Awaitable[Any]] = _refund_call
+) -> dict[str, Any]:
+    """`count` clients call `call` (create_refund) back to back (closed loop); calls that finish inside the window count.
 
     Counting completions (not calls started in the window) keeps slow calls from being under-counted when
     the latency is a sizeable part of the window. Calls still in flight at the end are let finish.
@@ -53,7 +75,7 @@ async def _load(urls: list[str], count: int, http: Any, warmup: float, window: f
         # One untimed call per client before the release: the SDK client compiles (and checks against the
         # JSON Schema metaschema) a tool's output schema on its first call in each session, about 80 ms
         # of CPU for create_refund's, which would otherwise land in the window of the 32-client runs.
-        await client.call_tool("create_refund", refund_args(REFUNDABLE_DEMO_PAYMENTS[0], f"{prefix}-first-{index}"))
+        await call(client, f"{prefix}-first-{index}", 0)
 
     async def client_loop(client: Any, index: int) -> None:
         if bounds[0] == 0.0:
@@ -62,11 +84,8 @@ async def _load(urls: list[str], count: int, http: Any, warmup: float, window: f
         start, end_of_window = bounds
         while time.perf_counter() < end_of_window:
             n = next(counter)
-            # Spread over the demo payments that have a balance: the nearest thing to distinct
-            # transactions the sandbox offers (it has eight payments; REFUND_MCP_SANDBOX_PAYMENTS does not exist).
-            txn = REFUNDABLE_DEMO_PAYMENTS[n % len(REFUNDABLE_DEMO_PAYMENTS)]
             begin = time.perf_counter()
-            result = await client.call_tool("create_refund", refund_args(txn, f"{prefix}-{n}"))
+            result = await call(client, f"{prefix}-{n}", n)
             end = time.perf_counter()
             if start <= end <= end_of_window:
                 if result.is_error:
@@ -115,6 +134,30 @@ async def _one_setup(cfg: Config, kind: str, processes: int) -> list[dict[str, A
     return out
 
 
+EMPTY_TOOL_CLIENTS = 8
+TARGET_VS_EMPTY = 0.5
+
+
+@contextmanager
+def bare_http_server() -> Iterator[str]:
+    """bench/bare_http_server.py in its own process; yields its /mcp URL."""
+    port = free_port()
+    with open(os.devnull, "wb") as devnull:
+        proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "bare_http_server.py"), str(port)], stdout=devnull, stderr=devnull)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/healthz", [(proc, BENCH_DIR / "results" / "none.log")])
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        _stop(proc)
+
+
+async def _empty_tool_rate(cfg: Config) -> float:
+    with bare_http_server() as url:
+        async with http_client_factory() as http:
+            result = await _load([url], EMPTY_TOOL_CLIENTS, http, cfg.http_warmup_seconds, cfg.http_window_seconds, call=_noop_call)
+    return float(result["refunds_per_second"])
+
+
 async def run(cfg: Config) -> Section:
     section = Section(
         name="http",
@@ -141,6 +184,10 @@ async def run(cfg: Config) -> Section:
                 totals = error_totals.setdefault(key, {})
                 for code, n in row["errors"].items():
                     totals[code] = totals.get(code, 0) + n
+    empty = Spread()
+    for repeat in range(cfg.process_repeats):
+        log(f"http: empty tool on a bare MCPServer, {EMPTY_TOOL_CLIENTS} clients, repeat {repeat + 1}/{cfg.process_repeats}")
+        empty.add(await _empty_tool_rate(cfg))
     one_pg = "PostgreSQL, 1 process"
     scaling: dict[int, float] = {}
     for (label, clients), entry in results.items():
@@ -161,6 +208,20 @@ async def run(cfg: Config) -> Section:
                 f"{entry['cpu'].median * 100:.0f}% of a core",
             ]
         )
+    section.rows.append(
+        ["empty tool, bare MCPServer (calls/s)", str(EMPTY_TOOL_CLIENTS), fmt_spread(empty, 1), "", "", "", "", ""]
+    )
+    sqlite_8 = results.get(("SQLite, 1 process", EMPTY_TOOL_CLIENTS))
+    if sqlite_8 is not None:
+        ratio = sqlite_8["rate"].median / empty.median
+        section.targets.append(
+            Target(
+                what=f"HTTP, one process, {EMPTY_TOOL_CLIENTS} clients: refunds/s (SQLite) vs the empty tool's calls/s",
+                goal=f"≥ {TARGET_VS_EMPTY}×",
+                measured=f"{fmt(ratio)}× ({fmt(sqlite_8['rate'].median, 1)} vs {fmt(empty.median, 1)})",
+                met=ratio >= TARGET_VS_EMPTY,
+            )
+        )
     section.notes.append(
         f"Per repeat: fresh database, fresh server process(es), then for each client count {cfg.http_warmup_seconds:g} s of "
         f"warm-up and a {cfg.http_window_seconds:g} s window; repeats: {cfg.process_repeats} (each restarts the servers on a fresh database), median (min–max). Clients are the SDK's "
@@ -180,5 +241,6 @@ async def run(cfg: Config) -> Section:
         "results": {f"{label}@{clients}": {k: v.as_dict() for k, v in entry.items()} for (label, clients), entry in results.items()},
         "errors": {f"{label}@{clients}": e for (label, clients), e in error_totals.items()},
         "scaling_vs_1_process": scaling,
+        "empty_tool_calls_per_second": empty.as_dict(),
     }
     return section

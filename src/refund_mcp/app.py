@@ -1,20 +1,30 @@
-"""Assembles the parts from Settings: database, processors, policy, service, MCP server."""
+"""Assembles the parts from Settings: database, processors, policy, service, MCP server.
+
+`LazyApp` is how `serve` starts: what must be refused at start is checked at once (the policy file, the
+accounts it names), the MCP server is built from its static tool definitions, and the database engine,
+the store and the processor clients are imported and built on the first tool call (or the worker's first
+pass), so `initialize` and `tools/list` are answered without them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from refund_mcp.domain.models import TransactionInfo
-from refund_mcp.observability.processors import metered
-from refund_mcp.observability.state import STATE
 from refund_mcp.policy import PolicyHolder, default_policy_path
-from refund_mcp.processors.registry import ProcessorRegistry
 from refund_mcp.server import RefundMCPServer, build_server
-from refund_mcp.service.refunds import RefundService
 from refund_mcp.settings import Settings
-from refund_mcp.store import queries
-from refund_mcp.store.database import Database
+
+if TYPE_CHECKING:
+    from refund_mcp.domain.models import TransactionInfo
+    from refund_mcp.processors.registry import ProcessorRegistry
+    from refund_mcp.service.refunds import RefundService
+    from refund_mcp.store.database import Database
+
+logger = logging.getLogger("refund_mcp.app")
 
 
 def stdio_actor(settings: Settings) -> Any:
@@ -29,7 +39,13 @@ def stdio_actor(settings: Settings) -> Any:
     return actor_of
 
 
-def check_policy_processors(policy: PolicyHolder, processors: ProcessorRegistry) -> None:
+def configured_accounts(settings: Settings) -> list[str]:
+    """The account names ProcessorRegistry.from_settings builds, in its order, without building any adapter."""
+    names = [account for account, _processor, _config in settings.all_accounts()]
+    return [*names, "sandbox"] if settings.sandbox else names
+
+
+def check_policy_processors(policy: PolicyHolder, accounts: list[str]) -> None:
     """Refuse a policy naming an account that is neither configured nor a processor: account names are only
     checked by pattern when the policy is read, and a misspelt one would silently deny its refunds."""
     from refund_mcp.policy.schema import KNOWN_PROCESSORS
@@ -40,13 +56,19 @@ def check_policy_processors(policy: PolicyHolder, processors: ProcessorRegistry)
         named.update(getattr(source, "processors", None) or ())
     for rule in loaded.rules:
         named.update(rule.when.processor or () if rule.when is not None else ())
-    known = {*KNOWN_PROCESSORS, "ucs", *processors.names()}
+    known = {*KNOWN_PROCESSORS, "ucs", *accounts}
     unknown = sorted(name for name in named if name not in known)
     if unknown:
         raise ValueError(
             f"the policy names processors or accounts that are not configured: {', '.join(unknown)} "
-            f"(configured: {', '.join(processors.names())})"
+            f"(configured: {', '.join(accounts)})"
         )
+
+
+def _reload_policy_on_sighup(policy: PolicyHolder) -> None:
+    import signal
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
 
 
 @dataclass
@@ -59,9 +81,27 @@ class App:
     server: RefundMCPServer
 
     @classmethod
-    async def create(cls, settings: Settings, *, http: Any = None, migrate: bool = True) -> App:
-        """Build the app; `http` (an httpx2.AsyncClient) is shared by all adapters when given (tests)."""
-        policy = PolicyHolder(settings.policy_path or default_policy_path())
+    async def create(
+        cls,
+        settings: Settings,
+        *,
+        http: Any = None,
+        migrate: bool = True,
+        policy: PolicyHolder | None = None,
+        server: RefundMCPServer | None = None,
+    ) -> App:
+        """Build the app; `http` (an httpx2.AsyncClient) is shared by all adapters when given (tests).
+
+        `policy` and `server` are given by LazyApp, which made them before the rest existed."""
+        from refund_mcp.domain.models import TransactionInfo
+        from refund_mcp.observability.processors import metered
+        from refund_mcp.observability.state import STATE
+        from refund_mcp.processors.registry import ProcessorRegistry
+        from refund_mcp.service.refunds import RefundService
+        from refund_mcp.store import queries
+        from refund_mcp.store.database import Database
+
+        policy = policy or PolicyHolder(settings.policy_path or default_policy_path())
         db = Database(settings.db_url)
         if migrate:
             await db.migrate()
@@ -87,9 +127,10 @@ class App:
 
         processors = metered(ProcessorRegistry.from_settings(settings, http=http, known_adyen=known_adyen))
         try:
-            check_policy_processors(policy, processors)
+            check_policy_processors(policy, processors.names())
             service = RefundService(db, processors, policy, settings)
-            server = build_server(service, stdio_actor(settings))
+            if server is None:
+                server = build_server(service, stdio_actor(settings))
         except BaseException:
             # A refused start must not leave the database engine (and its worker thread) or clients open.
             await processors.aclose()
@@ -101,11 +142,78 @@ class App:
 
     def reload_policy_on_sighup(self) -> None:
         """SIGHUP re-reads the policy file now (it is also re-read when the file changes)."""
-        import asyncio
-        import signal
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy.reload)
+        _reload_policy_on_sighup(self.policy)
 
     async def aclose(self) -> None:
         await self.processors.aclose()
         await self.db.dispose()
+
+
+class LazyApp:
+    """The MCP server at once, the App behind it on first need.
+
+    Eager (refused at start, before serving): an unreadable or invalid policy (PolicyFileError names the
+    file, line and reason) and a policy naming an unconfigured account. Lazy: the database (engine,
+    migrations), the processor clients and the service. A database that cannot be opened therefore fails
+    the first tool call, with the cause logged, and the next call tries again; nothing is half-built.
+    """
+
+    def __init__(self, settings: Settings, *, http: Any = None, migrate: bool = True) -> None:
+        self.settings = settings
+        self.policy = PolicyHolder(settings.policy_path or default_policy_path())
+        self.accounts = configured_accounts(settings)
+        check_policy_processors(self.policy, self.accounts)
+        self.server = build_server(self.service, stdio_actor(settings))
+        self._http = http
+        self._migrate = migrate
+        self._app: App | None = None
+        self._building: asyncio.Lock | None = None
+
+    @property
+    def built(self) -> App | None:
+        return self._app
+
+    async def get(self) -> App:
+        """The App, built by the first caller; concurrent callers wait for that one build."""
+        if self._app is not None:
+            return self._app
+        if self._building is None:
+            self._building = asyncio.Lock()
+        async with self._building:
+            if self._app is None:
+                self._app = await App.create(
+                    self.settings, http=self._http, migrate=self._migrate, policy=self.policy, server=self.server
+                )
+        return self._app
+
+    async def service(self) -> RefundService:
+        return (await self.get()).service
+
+    def reload_policy_on_sighup(self) -> None:
+        """SIGHUP re-reads the policy file now (it is also re-read when the file changes)."""
+        _reload_policy_on_sighup(self.policy)
+
+    async def run_worker(self, run: Callable[[App], Awaitable[None]], delay_seconds: float, stop: Any) -> None:
+        """Start the worker one `delay_seconds` after start (or at once if a tool call built the App already).
+
+        Waiting keeps the imports and the database's migrations out of the way of `initialize` and
+        `tools/list`; a build that fails is logged and tried again after the same delay."""
+        import anyio
+
+        while not stop.is_set():
+            if self._app is None:
+                with anyio.move_on_after(delay_seconds):
+                    await stop.wait()
+                if stop.is_set():
+                    return
+            try:
+                app = await self.get()
+            except Exception as exc:  # the worker must outlive a database that is not there yet
+                logger.warning("worker cannot start yet: %s: %s", type(exc).__name__, exc)
+                continue
+            await run(app)
+            return
+
+    async def aclose(self) -> None:
+        if self._app is not None:
+            await self._app.aclose()

@@ -37,17 +37,16 @@ def _configure_logging(verbose: bool = False) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
-def _startup_summary(app: Any, transport: str, where: str) -> None:
+def _startup_summary(settings: Any, policy: Any, accounts: list[str], transport: str, where: str) -> None:
     from refund_mcp.processors.sandbox import demo_transaction_ids
 
-    settings = app.settings
     lines = [
         f"refund-mcp serving on {transport} {where}".rstrip(),
         f"  database:   {settings.redacted_db_url()}",
-        f"  policy:     {app.policy.path} (version {app.policy.engine().version})",
-        f"  processors: {', '.join(app.processors.names()) or 'none'}",
+        f"  policy:     {policy.path} (version {policy.engine().version})",
+        f"  processors: {', '.join(accounts) or 'none'}",
     ]
-    if "sandbox" in app.processors.names():
+    if "sandbox" in accounts:
         lines.append(f"  demo transactions (sandbox): {', '.join(demo_transaction_ids())}")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -58,10 +57,8 @@ def _startup_summary(app: Any, transport: str, where: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
-    from refund_mcp.app import App
-    from refund_mcp.worker import run_forever
-
-    from refund_mcp.worker import checkpoint_schedule, run_checkpoints
+    from refund_mcp.app import LazyApp
+    from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever
 
     settings = _settings()
     try:
@@ -79,23 +76,32 @@ async def _serve(args: argparse.Namespace) -> int:
         except AuthConfigError as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_USAGE
-    app = await App.create(settings)
+    # The policy and the accounts it names are checked now; the database and the processors on the first
+    # tool call (stdio answers initialize and tools/list without them) or, over HTTP, before serving.
+    app = LazyApp(settings)
     app.reload_policy_on_sighup()
     stop_worker = anyio.Event()
     try:
+        if args.transport == "http":
+            await app.get()
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
-                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds, stop_worker)
-                if checkpoints is not None:
-                    tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop_worker)
+
+                async def work(built: Any) -> None:
+                    async with anyio.create_task_group() as jobs:
+                        if checkpoints is not None:
+                            jobs.start_soon(run_checkpoints, built.db.engine, checkpoints, stop_worker)
+                        await run_forever(built.service, settings.worker_interval_seconds, stop_worker)
+
+                tg.start_soon(app.run_worker, work, settings.worker_interval_seconds, stop_worker)
             if args.transport == "stdio":
-                _startup_summary(app, "stdio", "")
+                _startup_summary(settings, app.policy, app.accounts, "stdio", "")
                 await app.server.run_stdio_async()
             else:
                 from refund_mcp.http_app import serve_http
 
-                _startup_summary(app, "http", f"http://{args.host}:{args.port}/mcp")
-                await serve_http(app, args.host, args.port, auth=http_auth)
+                _startup_summary(settings, app.policy, app.accounts, "http", f"http://{args.host}:{args.port}/mcp")
+                await serve_http(await app.get(), args.host, args.port, auth=http_auth)
             # The client went away (stdin closed) or the HTTP server stopped: let the worker finish its pass.
             stop_worker.set()
     finally:
@@ -456,7 +462,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tracing.configure_from_env()  # off unless OTEL_EXPORTER_OTLP_ENDPOINT or REFUND_MCP_OTEL=1
     from refund_mcp.policy import PolicyFileError
-    from refund_mcp.store.migrations import SchemaTooNew
 
     try:
         if args.command == "serve":
@@ -486,11 +491,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except SchemaTooNew as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The migrations module imports SQLAlchemy: only when something failed, not on serve's start path.
+        from refund_mcp.store.migrations import SchemaTooNew
+
+        if not isinstance(exc, SchemaTooNew):
+            raise
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_USAGE
 
 

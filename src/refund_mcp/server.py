@@ -2,6 +2,10 @@
 
 Errors reach the caller as `[code] message` through ToolError, including argument errors the
 SDK's own validation catches (wrapped as `[validation_error]` naming the fields).
+
+The tool definitions are static: building the server imports neither the store nor the processors, so
+`initialize` and `tools/list` are answered before the service exists. The service comes from
+`service_of()` at the first tool call (see app.LazyApp).
 """
 
 
@@ -10,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -36,12 +40,16 @@ from refund_mcp.metrics import TOOL_LATENCY, TOOL_NAMES, ToolCallCounts, closed_
 from refund_mcp.observability import logs, tracing
 from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
 from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
-from refund_mcp.service.refunds import Confirmation, RefundInput, RefundService
-from refund_mcp.service.refusals import record_refused_call
 from refund_mcp.service.untrusted import confirmation_prompt, fenced, untrusted_text
 from refund_mcp.service.views import PolicyCheckView, RefundPage, RefundView, TransactionView
 
+if TYPE_CHECKING:
+    from refund_mcp.service.refunds import RefundService
+
 logger = logging.getLogger("refund_mcp.server")
+
+# Gives the service, building it on first use; a tool awaits it when called, never at start.
+ServiceSource = Callable[[], Awaitable["RefundService"]]
 
 INSTRUCTIONS = """\
 refund-mcp looks up payments and issues, tracks and cancels refunds across payment processors.
@@ -217,14 +225,25 @@ def _outcome_code(exc: BaseException) -> str:
     return match.group(1) if match else "error"
 
 
-def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
-    """`actor_of(ctx)` gives the caller's identity: the token's on HTTP, configuration on stdio."""
+def _fixed(service: "RefundService") -> ServiceSource:
+    async def service_of() -> "RefundService":
+        return service
+
+    return service_of
+
+
+def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> RefundMCPServer:
+    """`service` is the service or an async callable giving it (built on the first tool call).
+    `actor_of(ctx)` gives the caller's identity: the token's on HTTP, configuration on stdio."""
+    service_of: ServiceSource = service if callable(service) else _fixed(service)
     server = RefundMCPServer("refund-mcp", instructions=INSTRUCTIONS, version=__version__)
     server.actor_of = actor_of
 
     async def record_refusal(name: str, known: bool, code: str, message: str, argument_names: list[str], action: str) -> None:
+        from refund_mcp.service.refusals import record_refused_call  # the audit log's store: not at start
+
         await record_refused_call(
-            service.db,
+            (await service_of()).db,
             actor=actor_of(None),
             tool=name,
             known_tool=known,
@@ -246,7 +265,10 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         customer_ref: str | None = None,
     ) -> Any:
         """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
+        from refund_mcp.service.refunds import RefundInput
+
         require_scope("create_refund")
+        service = await service_of()
         if not service.may_need_confirmation(amount_minor):
             return ResolvedConfirmation(state="not_needed")
         actor = actor_of(ctx)
@@ -284,6 +306,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         what is refundable now, its status, the customer reference (never card data) and its refunds.
         Call this first to learn the currency and how much can be refunded."""
         require_scope("lookup_transaction")
+        service = await service_of()
         return await service.lookup_transaction(actor_of(ctx), transaction_id, processor)
 
     @server.tool(
@@ -317,7 +340,10 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         the whole remaining balance. The policy may refuse ([policy_denied]), ask the human in your client to
         confirm, or park the refund as pending_approval for a human approver. If the processor is down the refund
         is accepted as queued and sent automatically later. Repeating an identical call returns the first refund."""
+        from refund_mcp.service.refunds import Confirmation, RefundInput
+
         require_scope("create_refund")
+        service = await service_of()
         actor = actor_of(ctx)
         req = RefundInput(
             transaction_id=transaction_id,
@@ -353,6 +379,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         """The refund's current status, amount, approval and retry state. With refresh=true the processor is asked
         and the record updated; processors without a status API (Adyen) are answered from records kept by webhooks."""
         require_scope("get_refund_status")
+        service = await service_of()
         return await service.get_refund_status(actor_of(ctx), refund_id, refresh)
 
     @server.tool(
@@ -367,6 +394,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         """Cancel a refund that is waiting for approval or queued (not yet at the processor), or one that requires
         action on Stripe. Anything else is [not_supported], naming the processor."""
         require_scope("cancel_refund")
+        service = await service_of()
         return await service.cancel_refund(actor_of(ctx), refund_id, reason, operator=has_scope(OPERATE))
 
     @server.tool(title="List refunds", annotations=_READ)
@@ -381,6 +409,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     ) -> RefundPage:
         """Refunds, newest first, with filters and pagination (pass next_cursor back as cursor)."""
         require_scope("list_refunds")
+        service = await service_of()
         return await service.list_refunds(
             actor_of(ctx),
             status=status.value if status else None,
@@ -402,12 +431,14 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         """Dry run: what create_refund would decide for this refund (allow, deny, needs_confirmation,
         needs_approval) and every rule that decided it. Moves no money and reserves nothing."""
         require_scope("check_refund_policy")
+        service = await service_of()
         return await service.check_refund_policy(actor_of(ctx), transaction_id, reason.value, amount_minor, currency)
 
     @server.resource("refunds://policy", name="policy", title="Effective refund policy", mime_type="application/yaml")
     async def policy_resource() -> str:
         """The refund policy in force, as YAML, with its version."""
         require_scope("refunds://policy")
+        service = await service_of()
         try:
             # Static resources get no Context; the caller's identity comes from the request's token.
             return await service.read_policy(actor_of(None))
@@ -422,6 +453,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
         require_scope("refunds://refund/{refund_id}")
         import json
 
+        service = await service_of()
         try:
             return json.dumps(await service.refund_for_agent(actor_of(ctx), refund_id), default=str, indent=2)
         except RefundError as exc:
@@ -432,6 +464,7 @@ def build_server(service: RefundService, actor_of: Any) -> RefundMCPServer:
     async def handle_refund_request(ctx: Context, customer_message: str = "", transaction_id: str = "") -> str:
         """A short, safe procedure for handling a refund request."""
         require_scope("handle_refund_request")
+        service = await service_of()
         await service.record_prompt(actor_of(ctx), "handle_refund_request")
         return (
             "Handle this refund request safely, step by step:\n"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+
+# scheme://user:password@ — the same groups as sqlalchemy.engine.url's pattern (user [^:/]*, password [^@]*).
+_URL_PASSWORD = re.compile(r"^(?P<head>[\w+]+://[^:/]*:)[^@]*@")
 
 REAL_PROCESSORS = ("stripe", "paypal", "adyen", "square")
 
@@ -202,6 +206,6 @@ class Settings:
         return found
 
     def redacted_db_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.db_url).render_as_string(hide_password=True)
+        """The URL with its password shown as ***. Parsed the way SQLAlchemy's make_url does (the password
+        ends at the first @ after the user), without importing SQLAlchemy: `serve` prints this at start."""
+        return _URL_PASSWORD.sub(r"\g<head>***@", self.db_url, count=1)

@@ -12,12 +12,14 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from refund_mcp.domain.errors import RefundError
-from refund_mcp.service.refunds import RefundService
+
+if TYPE_CHECKING:  # serve imports this module at start, before the service layer is needed
+    from refund_mcp.service.refunds import RefundService
 
 logger = logging.getLogger("refund_mcp.worker")
 

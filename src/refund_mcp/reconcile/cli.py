@@ -13,8 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from refund_mcp.reconcile.engine import reconcile
-from refund_mcp.reconcile.report import FORMATS, render
+from refund_mcp.reconcile.formats import FORMATS
 
 EXIT_OK = 0
 EXIT_NEEDS_HUMAN = 1
@@ -74,6 +73,9 @@ class _Progress:
 
 async def run_reconcile(args: argparse.Namespace, *, app: Any = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the command; `app` (refund_mcp.app.App) is built from the environment unless given."""
+    from refund_mcp.reconcile.engine import reconcile
+    from refund_mcp.reconcile.report import render
+
     out = out or sys.stdout
     err = err or sys.stderr
     since = args.since or datetime.now(UTC) - timedelta(days=DEFAULT_DAYS)

@@ -14,8 +14,8 @@ from typing import Any
 
 from refund_mcp.domain.money import format_display
 from refund_mcp.reconcile.engine import Finding, Kind, Report, Side
+from refund_mcp.reconcile.formats import FORMATS
 
-FORMATS = ("table", "csv", "json")
 CSV_COLUMNS = (
     "processor",
     "kind",

@@ -126,6 +126,19 @@ Index("ix_refunds_created", refunds.c.created_at, refunds.c.id)
 Index("ix_refunds_fingerprint", refunds.c.fingerprint, refunds.c.created_at)
 Index("ix_refunds_due", refunds.c.status, refunds.c.next_attempt_at)
 Index("ix_refunds_actor_created", refunds.c.actor, refunds.c.created_at)
+# Covering indexes for the two sums every refund re-computes (queries.balance, queries.daily_totals): they
+# hold every column those queries read, so both are index-only range scans on SQLite and PostgreSQL and
+# never visit the table rows. Equality columns first, then the range (created_at), then what is summed.
+Index("ix_refunds_balance", refunds.c.transaction_id, refunds.c.status, refunds.c.maybe_sent, refunds.c.amount_minor)
+Index(
+    "ix_refunds_daily_totals",
+    refunds.c.currency,
+    refunds.c.origin,
+    refunds.c.status,
+    refunds.c.created_at,
+    refunds.c.actor,
+    refunds.c.amount_minor,
+)
 
 idempotency_keys = Table(
     "idempotency_keys",
