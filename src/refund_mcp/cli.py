@@ -136,6 +136,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     from refund_mcp.policy import PolicyFileError, load_policy, policy_json_schema
+    from refund_mcp.policy.coverage import uncovered_currency_warnings
 
     if args.policy_command == "schema":
         print(json.dumps(policy_json_schema(), indent=2, sort_keys=True))
@@ -149,6 +150,9 @@ def _policy(args: argparse.Namespace) -> int:
         print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{args.file}: valid (version {loaded.version})")
+    # Gaps are safe (deny by default) but likely unintended: warned about, not refused.
+    for warning in uncovered_currency_warnings(loaded.policy):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

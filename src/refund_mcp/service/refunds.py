@@ -501,16 +501,20 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         """Whether the policy could ask to confirm this refund; False lets create_refund skip the preview.
 
         Confirmation applies strictly above a threshold, so an amount at or below every threshold of every
-        currency never needs one; an omitted amount (the whole balance) always has to be previewed."""
+        currency never needs one; an omitted amount (the whole balance) always has to be previewed, and so
+        does any amount when a confirmation map leaves out a refundable currency (it asks for all of them)."""
         policy = self.policy.engine().loaded.policy
-        thresholds = [
-            threshold
+        maps = [
+            source.confirmation.above
             for source in (policy, *policy.rules, *policy.actors.values())
             if source.confirmation is not None
-            for threshold in source.confirmation.above.values()
         ]
-        if not thresholds:
+        if not maps:
             return False
+        refundable = set((policy.limits.per_refund if policy.limits else None) or {})
+        if any(not refundable <= set(above) for above in maps):
+            return True
+        thresholds = [threshold for above in maps for threshold in above.values()]
         return amount_minor is None or amount_minor > min(thresholds)
 
     async def preview(self, actor: str, req: RefundInput) -> views.PolicyCheckView | None:
