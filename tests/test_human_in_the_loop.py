@@ -136,3 +136,54 @@ async def test_an_expired_approval_is_cancelled_and_audited(app_factory):
         assert await refundable(client) == 12000
         trail = await app.service.refund_with_trail(parked["refund_id"])
         assert "approval.expired" in [record["action"] for record in trail["audit_trail"]]
+
+
+async def park_expired(app, client) -> dict:
+    """A fraudulent refund parked two hours ago under a one-hour approval lifetime (the clock is injected)."""
+    from datetime import timedelta
+
+    real_clock = app.service.clock
+    app.service.clock = lambda: real_clock() - timedelta(hours=2)
+    try:
+        return (await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 300})).structured_content
+    finally:
+        app.service.clock = real_clock
+
+
+async def test_an_expired_approval_cannot_be_approved_and_the_cli_marks_it_expired(app_factory):
+    import json
+
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app:
+        async with Client(app.server) as client:
+            parked = await park_expired(app, client)
+        assert parked["status"] == "pending_approval"
+        env = {**os.environ, "REFUND_MCP_DB": app.settings.db_url, "REFUND_MCP_POLICY": HITL_POLICY, "REFUND_MCP_SANDBOX": "1"}
+        cli = [*refund_mcp_command(), "approvals"]
+        listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        assert parked["refund_id"] in listed.stdout and "EXPIRED=" in listed.stdout
+        shown = subprocess.run([*cli, "show", parked["refund_id"]], env=env, capture_output=True, text=True)
+        assert json.loads(shown.stdout)["refund"]["approval"]["expired"] is True
+        approved = subprocess.run([*cli, "approve", parked["refund_id"], "--by", "risk-lead"], env=env, capture_output=True, text=True)
+        assert approved.returncode == 1
+        assert "[not_supported]" in approved.stderr and "expired" in approved.stderr and "nothing was refunded" in approved.stderr
+        async with Client(app.server) as client:
+            status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
+            assert (status["status"], status["approval"]["state"]) == ("cancelled", "expired")
+            assert await refundable(client) == 12000
+        trail = await app.service.refund_with_trail(parked["refund_id"])
+        expired = [record for record in trail["audit_trail"] if record["action"] == "approval.expired"]
+        assert len(expired) == 1 and expired[0]["detail"] == {"on_decision": "approve", "by": "risk-lead"}
+        assert "approval.approved" not in [record["action"] for record in trail["audit_trail"]]
+
+
+async def test_an_expired_approval_cannot_be_denied_either_it_is_recorded_as_expired(app_factory):
+    from refund_mcp.domain.errors import NotSupported
+
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app, Client(app.server) as client:
+        parked = await park_expired(app, client)
+        with pytest.raises(NotSupported, match="expired"):
+            await app.service.deny(parked["refund_id"], approver="risk-lead")
+        status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
+        assert status["approval"]["state"] == "expired" and status["approval"]["decided_by"] is None
+        assert await refundable(client) == 12000
