@@ -187,3 +187,34 @@ async def test_an_expired_approval_cannot_be_denied_either_it_is_recorded_as_exp
         status = (await client.call_tool("get_refund_status", {"refund_id": parked["refund_id"]})).structured_content
         assert status["approval"]["state"] == "expired" and status["approval"]["decided_by"] is None
         assert await refundable(client) == 12000
+
+
+async def test_a_confirmation_holds_only_for_the_amount_the_human_was_shown(app_factory):
+    # The amount is omitted (the whole balance). While the human looks at "USD 20.00", a parked USD 100.00
+    # refund is cancelled and the balance grows to USD 120.00: their yes is not a yes to USD 120.00.
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app:
+        async with Client(app.server) as setup:
+            parked = (await setup.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 10000})).structured_content
+            assert parked["status"] == "pending_approval" and await refundable(setup) == 2000
+        asked: list[str] = []
+
+        async def cancel_then_accept(ctx, params):
+            asked.append(params.message)
+            async with Client(app.server) as other:
+                cancelled = await other.call_tool("cancel_refund", {"refund_id": parked["refund_id"]})
+                assert cancelled.structured_content["status"] == "cancelled"
+            return mt.ElicitResult(action="accept", content={"confirm": True})
+
+        async with Client(app.server, elicitation_callback=cancel_then_accept, mode="legacy") as client:
+            result = await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue"})
+            assert result.is_error
+            text = result.content[0].text
+            assert "[confirmation_declined]" in text and "USD 20.00" in text and "USD 120.00" in text
+            assert "nothing was refunded" in text and "asked about the new amount" in text
+            assert await refundable(client) == 12000
+            listed = (await client.call_tool("list_refunds", {"status": "succeeded"})).structured_content
+            assert listed["refunds"] == []
+            # Calling again asks about the amount as it is now, and that yes is honoured.
+            again = await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue"})
+        assert len(asked) == 2 and "USD 20.00" in asked[0] and "USD 120.00" in asked[1]
+        assert again.structured_content["status"] == "succeeded" and again.structured_content["amount_minor"] == 12000

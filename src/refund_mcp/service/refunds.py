@@ -61,6 +61,7 @@ from refund_mcp.processors.registry import ProcessorRegistry
 from refund_mcp.service import views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
+from refund_mcp.service.confirmation import ConfirmedTerms, Prefetched, Preview
 from refund_mcp.service.events import EventsMixin
 from refund_mcp.service.metadata import decode as decode_metadata
 from refund_mcp.service.metadata import encode as encode_metadata
@@ -153,9 +154,6 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         self.settings = settings
         self.clock = clock
         self.breaker = breaker or CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds)
-        # A confirmation preview looks the payment up just before create_refund does: the second call reuses
-        # that answer (once, within seconds) instead of asking the processor twice for one tool call.
-        self._previewed: dict[str, tuple[float, TransactionInfo | None, str | None]] = {}
         self._just_reserved: dict[str, Row[Any]] = {}
 
     # ----------------------------------------------------------------- routing and lookups
@@ -272,10 +270,11 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 processor=ref.processor,
             )
 
-    async def _fetch_transaction_once(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
-        previewed = self._previewed.pop(ref.canonical, None)
-        if previewed is not None and time.monotonic() - previewed[0] < 5.0:
-            return previewed[1], previewed[2]
+    async def _fetch_transaction_once(self, ref: TransactionRef, prefetched: Prefetched | None) -> tuple[TransactionInfo | None, str | None]:
+        # A confirmation preview of this same call looked the payment up moments ago: reuse that answer
+        # instead of asking the processor twice for one tool call.
+        if prefetched is not None and prefetched.usable_for(ref.canonical):
+            return prefetched.info, prefetched.note
         return await self._fetch_transaction(ref)
 
     async def _known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any]:
@@ -517,25 +516,24 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         thresholds = [threshold for above in maps for threshold in above.values()]
         return amount_minor is None or amount_minor > min(thresholds)
 
-    async def preview(self, actor: str, req: RefundInput) -> views.PolicyCheckView | None:
+    async def preview(self, actor: str, req: RefundInput) -> Preview | None:
         """The decision create_refund would reach now, without recording anything; None if it cannot be evaluated.
 
-        Used to decide whether to ask the human to confirm before the call proceeds. The real decision is
-        taken again under the lock; a confirmation asked for here is only used if that decision wants one.
+        Used to decide whether to ask the human to confirm before the call proceeds, and what to show them:
+        the amount and payment come from our records here. The real decision is taken again under the lock,
+        and a confirmation holds only for exactly the terms this preview showed (see service/confirmation.py).
         """
         try:
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
             info, note = await self._fetch_transaction(ref)
-            if len(self._previewed) > 1000:  # previews not followed by a refund (declined) must not pile up
-                self._previewed.clear()
-            self._previewed[ref.canonical] = (time.monotonic(), info, note)
+            prefetched = Prefetched(ref.canonical, info, note, time.monotonic())
             async with self.db.read() as conn:
                 ev = await self._evaluate(conn, actor, "create_refund", ref, info, req, cur)
                 # Nothing is recorded by a preview: rolling back undoes the transaction upsert too.
                 raise _Rollback(self._policy_view(ev))
         except _Rollback as done:
-            return done.view
+            return Preview(done.view, prefetched)
         except RefundError:
             return None
 
@@ -562,14 +560,27 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             "metadata": req.metadata,
         }
 
-    async def create_refund(self, actor: str, req: RefundInput, confirmation: Confirmation = Confirmation.NOT_ASKED) -> views.RefundView:
+    async def create_refund(
+        self,
+        actor: str,
+        req: RefundInput,
+        confirmation: Confirmation = Confirmation.NOT_ASKED,
+        *,
+        confirmed: ConfirmedTerms | None = None,
+        prefetched: Prefetched | None = None,
+    ) -> views.RefundView:
+        """Refund all or part of a payment. With `confirmation` CONFIRMED, `confirmed` says what the human
+        confirmed; the reservation must be exactly that or it is refused ([confirmation_declined]).
+        `prefetched`: this call's preview lookup, reused while fresh."""
+        if confirmation is Confirmation.CONFIRMED and confirmed is None:
+            raise ValueError("a confirmed refund must carry the terms the human confirmed")
         request = self._request_record(req)
         await self.guard_tool("create_refund", actor, request)
         try:
             currency, reason = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
-            info, _note = await self._fetch_transaction_once(ref)
-            view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request)
+            info, _note = await self._fetch_transaction_once(ref, prefetched)
+            view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request, confirmed)
         except RefundError as exc:
             if not getattr(exc, "_audited", False):
                 await self._audit_error(actor, "refund.create", req.transaction_id[:200], exc, request)
@@ -589,6 +600,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         currency: str | None,
         confirmation: Confirmation,
         request: dict[str, Any],
+        confirmed: ConfirmedTerms | None = None,
     ) -> tuple[views.RefundView, bool]:
         """The one serialized write: returns (the refund, whether to submit it now)."""
         now = self.clock()
@@ -634,6 +646,11 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 denied = PolicyDenied(decision.explain())
                 denied.decision = decision  # type: ignore[attr-defined]  # recorded by the audit of the refusal
                 raise denied
+            # Checked under the lock: what is reserved is what the human confirmed, or nothing is.
+            if confirmation is Confirmation.CONFIRMED and confirmed is not None and confirmed.differs_from(
+                ev.txn.id, ev.amount_minor, ev.txn.currency, req.reason
+            ):
+                raise confirmed.refusal(ev.txn.id, ev.amount_minor, ev.txn.currency)
 
             needs_human = decision.outcome is Outcome.NEEDS_APPROVAL or (
                 decision.outcome is Outcome.NEEDS_CONFIRMATION and confirmation is not Confirmation.CONFIRMED
