@@ -26,6 +26,7 @@ from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.ids import is_refund_id, new_refund_id
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus, TransactionInfo
 from refund_mcp.observability.tracing import traced_async
+from refund_mcp.service import identity
 from refund_mcp.store import queries, tables
 from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, WebhookEvent
 
@@ -186,7 +187,9 @@ class EventsMixin:
         """The payment on record under any of the ids the event names: (canonical id, row or None)."""
         candidates = [tid for tid in (event.transaction_id, *event.other_transaction_ids) if tid]
         for bare_id in candidates:
-            txn = await queries.get_transaction(conn, f"{event.processor}:{bare_id}")
+            # A payment's other names resolve to the record its refunds and balance are kept under.
+            canonical = await identity.canonical_of(conn, event.processor, bare_id) or f"{event.processor}:{bare_id}"
+            txn = await queries.get_transaction(conn, canonical)
             if txn is not None:
                 return txn.id, txn
         return (f"{event.processor}:{candidates[0]}" if candidates else None), None

@@ -58,7 +58,7 @@ from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.registry import ProcessorRegistry
-from refund_mcp.service import views
+from refund_mcp.service import identity, views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.confirmation import ConfirmedTerms, Prefetched, Preview
@@ -159,7 +159,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     # ----------------------------------------------------------------- routing and lookups
 
     async def resolve_transaction_id(self, transaction_id: str, processor: str | None = None) -> TransactionRef:
-        """Apply the contract's id rules and find the one account a payment belongs to.
+        """Apply the contract's id rules, find the one account a payment belongs to, then resolve the name
+        to the payment's canonical id there (service/identity.py).
 
         `processor` (and a `prefix:` on the id) may name an account (`stripe@eu`, `checkout`) or a
         processor (`stripe`). A processor with several accounts is resolved through our records; when
@@ -185,17 +186,22 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             if not rest:
                 raise ValidationFailed("transaction_id has no id after the processor name", fields=["transaction_id"])
             candidates = [name for name in self._candidates(prefix) if processor is None or name in self._candidates(processor)]
-            return await self._one_account(candidates, rest)
+            return await self._canonical_ref(await self._one_account(candidates, rest))
         if processor is not None:
-            return await self._one_account(self._candidates(processor), raw)
+            return await self._canonical_ref(await self._one_account(self._candidates(processor), raw))
         if raw.startswith(STRIPE_PREFIXES) and self.processors.accounts_of("stripe"):
-            return await self._one_account(self.processors.accounts_of("stripe"), raw)
+            return await self._canonical_ref(await self._one_account(self.processors.accounts_of("stripe"), raw))
         async with self.db.read() as conn:
-            known = [row.processor for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
+            known = [row.id for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
+            known += [
+                canonical for canonical in await identity.canonical_ids_of_bare(conn, raw)
+                if canonical.partition(":")[0] in configured
+            ]
         if len(known) == 1:
-            return TransactionRef(known[0], raw)
+            account, _, canonical_bare = known[0].partition(":")
+            return TransactionRef(account, canonical_bare)
         if len(known) > 1:
-            raise self._ambiguous(known, raw)
+            raise self._ambiguous([canonical.partition(":")[0] for canonical in known], raw)
         raise ValidationFailed(
             f"cannot tell which processor {raw[:40]!r} belongs to; write it as processor:id or pass processor "
             f"(configured: {', '.join(configured)})",
@@ -216,7 +222,9 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         if len(candidates) == 1:
             return TransactionRef(candidates[0], bare_id)
         async with self.db.read() as conn:
-            known = {row.processor for row in await queries.find_transactions_by_bare_id(conn, bare_id)} & set(candidates)
+            known = {row.processor for row in await queries.find_transactions_by_bare_id(conn, bare_id)}
+            known |= {canonical.partition(":")[0] for canonical in await identity.canonical_ids_of_bare(conn, bare_id)}
+        known &= set(candidates)
         if len(known) == 1:
             return TransactionRef(known.pop(), bare_id)
         raise self._ambiguous(candidates, bare_id)
@@ -227,6 +235,19 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         return ValidationFailed(
             f"{bare_id[:40]!r} could belong to several accounts; name the account: {listed}", fields=["transaction_id"]
         )
+
+    async def _canonical_ref(self, ref: TransactionRef) -> TransactionRef:
+        """The payment's canonical id when this name is a recorded alias of it; else the name as given."""
+        async with self.db.read() as conn:
+            canonical = await identity.canonical_of(conn, ref.processor, ref.bare_id)
+        return ref if canonical is None else TransactionRef(ref.processor, canonical.partition(":")[2])
+
+    @staticmethod
+    def _as_named_by_processor(ref: TransactionRef, info: TransactionInfo | None) -> tuple[TransactionRef, TransactionInfo | None]:
+        """Re-key to the id the processor's answer calls canonical, keeping the name asked about as an alias."""
+        if info is None or info.transaction_id == ref.bare_id:
+            return ref, info
+        return TransactionRef(ref.processor, info.transaction_id), identity.with_requested_name(info, ref.bare_id)
 
     def _processor(self, name: str) -> Processor:
         processor = self.processors.get(name)
@@ -280,6 +301,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
     async def _known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any]:
         if info is not None:
             await queries.upsert_transaction(conn, ref.canonical, info, self.clock())
+            await identity.record_aliases(conn, ref.processor, info, self.clock())
         txn = await queries.get_transaction(conn, ref.canonical, lock=True)
         if txn is None:
             hint = (
@@ -330,6 +352,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         try:
             ref = await self.resolve_transaction_id(transaction_id, processor)
             info, note = await self._fetch_transaction(ref)
+            ref, info = self._as_named_by_processor(ref, info)
             async with self.db.write() as conn:
                 txn = await self._known_transaction(conn, ref, info)
                 view = await self._transaction_view(conn, txn, source="processor" if info else "records", message=note)
@@ -439,6 +462,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(transaction_id)
             info, _note = await self._fetch_transaction(ref)
+            ref, info = self._as_named_by_processor(ref, info)
             async with self.db.write() as conn:
                 ev = await self._evaluate(conn, actor, "check_refund_policy", ref, info, req, cur)
                 view = self._policy_view(ev)
@@ -526,8 +550,10 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         try:
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
+            requested = ref.canonical
             info, note = await self._fetch_transaction(ref)
-            prefetched = Prefetched(ref.canonical, info, note, time.monotonic())
+            ref, info = self._as_named_by_processor(ref, info)
+            prefetched = Prefetched(requested, info, note, time.monotonic())
             async with self.db.read() as conn:
                 ev = await self._evaluate(conn, actor, "create_refund", ref, info, req, cur)
                 # Nothing is recorded by a preview: rolling back undoes the transaction upsert too.
@@ -580,6 +606,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             currency, reason = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
             info, _note = await self._fetch_transaction_once(ref, prefetched)
+            ref, info = self._as_named_by_processor(ref, info)
             view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request, confirmed)
         except RefundError as exc:
             if not getattr(exc, "_audited", False):
@@ -1044,11 +1071,13 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             async with self.db.write() as conn:
                 txn_ids: list[str] | None = None
                 if transaction_id is not None:
+                    # Any name of a payment lists its refunds: they are recorded under its canonical id.
                     prefix, sep, rest = transaction_id.partition(":")
                     if sep and rest:
-                        txn_ids = [transaction_id]
+                        txn_ids = [await identity.canonical_of(conn, prefix, rest) or transaction_id]
                     else:
                         txn_ids = [row.id for row in await queries.find_transactions_by_bare_id(conn, transaction_id)]
+                        txn_ids += await identity.canonical_ids_of_bare(conn, transaction_id)
                 # A processor's name lists all its accounts; an account name, that account.
                 accounts = self._candidates(processor) if processor is not None and processor not in self.processors else None
                 rows = await queries.list_refunds(
