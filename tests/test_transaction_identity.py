@@ -1,5 +1,6 @@
 """One payment, one identity: a payment intent and its charge share one balance, one refund count and
-one duplicate window, whichever name a caller or a webhook uses."""
+one duplicate window, whichever name a caller or a webhook uses. Stripe's adapter answers a lookup of
+either name with the charge as the canonical id and the payment intent as an alias."""
 
 from __future__ import annotations
 
@@ -13,11 +14,7 @@ import httpx2
 import pytest
 
 from mcp import Client
-from refund_mcp.app import stdio_actor
-from refund_mcp.domain.models import TransactionInfo
-from refund_mcp.processors.registry import ProcessorRegistry
 from refund_mcp.domain.models import RefundStatus
-from refund_mcp.server import build_server
 from refund_mcp.service.refunds import RefundService
 from refund_mcp.webhooks.events import RefundEvent
 from tests.conftest import make_app, sqlite_url
@@ -38,24 +35,6 @@ duplicate_window_seconds: 900
 """
 
 
-class ChargeNamesThePayment:
-    """The Stripe adapter as it reports a payment with several names: the charge is the canonical id, the
-    payment intent an alias, whichever of the two was asked about. Everything else is the real adapter."""
-
-    def __init__(self, inner: Any, charge_of: dict[str, str]) -> None:
-        self._inner = inner
-        self._charge_of = charge_of
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
-        info = await self._inner.lookup_transaction(transaction_id)
-        charge = self._charge_of.get(transaction_id, transaction_id)
-        intents = tuple(intent for intent, of in self._charge_of.items() if of == charge)
-        return dataclasses.replace(info, transaction_id=charge, aliases=intents)
-
-
 @dataclasses.dataclass
 class Stripe:
     client: Client
@@ -72,11 +51,8 @@ async def stripe_with_two_names(tmp_path: Path) -> AsyncIterator[Stripe]:
     policy.write_text(POLICY)
     env = {"REFUND_MCP_SANDBOX": "0", "STRIPE_API_KEY": stripe.DEFAULT_API_KEY, "STRIPE_API_BASE": "http://stripe.fake"}
     async with httpx2.AsyncClient(transport=HostRouter({"stripe": fake})) as http:
-        async with make_app(sqlite_url(tmp_path), policy=policy, env=env, http=http) as app:
-            processors = ProcessorRegistry({"stripe": ChargeNamesThePayment(app.processors.get("stripe"), {INTENT: charge})})
-            service = RefundService(app.db, processors, app.policy, app.settings)
-            async with Client(build_server(service, stdio_actor(app.settings))) as client:
-                yield Stripe(client, service, fake, charge)
+        async with make_app(sqlite_url(tmp_path), policy=policy, env=env, http=http) as app, Client(app.server) as client:
+            yield Stripe(client, app.service, fake, charge)
 
 
 async def refund(client: Client, transaction_id: str, amount_minor: int) -> Any:
