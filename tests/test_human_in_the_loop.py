@@ -218,3 +218,23 @@ async def test_a_confirmation_holds_only_for_the_amount_the_human_was_shown(app_
             again = await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue"})
         assert len(asked) == 2 and "USD 20.00" in asked[0] and "USD 120.00" in asked[1]
         assert again.structured_content["status"] == "succeeded" and again.structured_content["amount_minor"] == 12000
+
+
+async def test_on_the_stateless_protocol_a_changed_balance_asks_again_before_anything_moves(app_factory):
+    # 2026-07-28: the answer comes back on a second round, where the preview runs again; a question whose
+    # amount changed is asked anew, and the refund is held to the amount of the question answered.
+    async with app_factory(policy=HITL_POLICY, actor="bot-7") as app:
+        async with Client(app.server) as setup:
+            parked = (await setup.call_tool("create_refund", {"transaction_id": TXN, "reason": "fraudulent", "amount_minor": 10000})).structured_content
+        asked: list[str] = []
+
+        async def cancel_then_accept(ctx, params):
+            asked.append(params.message)
+            await app.service.cancel_refund("risk-lead", parked["refund_id"])
+            return mt.ElicitResult(action="accept", content={"confirm": True})
+
+        async with Client(app.server, elicitation_callback=cancel_then_accept) as client:
+            result = await client.call_tool("create_refund", {"transaction_id": TXN, "reason": "service_issue"})
+        assert [("USD 20.00" in text, "USD 120.00" in text) for text in asked] == [(True, False), (False, True)]
+        assert not result.is_error, result.content
+        assert (result.structured_content["status"], result.structured_content["amount_minor"]) == ("succeeded", 12000)
