@@ -250,13 +250,15 @@ def test_the_decision_equals_merging_all_applicable_settings_strictest_wins(poli
     assert decision.deciding, "a decision is always explained by at least one rule"
 
 
+def _source_paths(policy: Policy) -> list[list[Any]]:
+    """Paths to every place settings can be given: the top level, each rule, each actor."""
+    return [[], *(["rules", index] for index in range(len(policy["rules"]))), *(["actors", name] for name in policy["actors"])]
+
+
 def _tightenings(policy: Policy) -> list[tuple[list[Any], str]]:
     """Paths to settings that can be made stricter: (path, kind)."""
     found: list[tuple[list[Any], str]] = []
-    sources: list[list[Any]] = [[]]
-    sources += [["rules", index] for index in range(len(policy["rules"]))]
-    sources += [["actors", name] for name in policy["actors"]]
-    for base in sources:
+    for base in _source_paths(policy):
         source = _get(policy, base)
         for reason in source.get("reasons", []):
             found.append(([*base, "reasons", reason], "remove"))
@@ -305,10 +307,7 @@ def test_tightening_one_setting_never_makes_a_decision_less_strict(
 def _currency_maps(policy: Policy) -> list[list[Any]]:
     """Paths to every per-currency map that limits or steps up a refund (not `when.amount` conditions)."""
     found: list[list[Any]] = []
-    sources: list[list[Any]] = [[]]
-    sources += [["rules", index] for index in range(len(policy["rules"]))]
-    sources += [["actors", name] for name in policy["actors"]]
-    for base in sources:
+    for base in _source_paths(policy):
         source = _get(policy, base)
         found += [[*base, "limits", key] for key in MAP_LIMITS if key in source.get("limits", {})]
         found += [[*base, section, "above"] for section in ("confirmation", "approval") if section in source]
