@@ -230,7 +230,7 @@ async def test_on_the_stateless_protocol_a_changed_balance_asks_again_before_any
 
         async def cancel_then_accept(ctx, params):
             asked.append(params.message)
-            await app.service.cancel_refund("risk-lead", parked["refund_id"])
+            await app.service.cancel_refund("bot-7", parked["refund_id"])
             return mt.ElicitResult(action="accept", content={"confirm": True})
 
         async with Client(app.server, elicitation_callback=cancel_then_accept) as client:
