@@ -142,6 +142,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     from refund_mcp.policy import PolicyFileError, load_policy, policy_json_schema
+    from refund_mcp.policy.coverage import uncovered_currency_warnings
 
     if args.policy_command == "schema":
         print(json.dumps(policy_json_schema(), indent=2, sort_keys=True))
@@ -155,6 +156,9 @@ def _policy(args: argparse.Namespace) -> int:
         print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{args.file}: valid (version {loaded.version})")
+    # Gaps are safe (deny by default) but likely unintended: warned about, not refused.
+    for warning in uncovered_currency_warnings(loaded.policy):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -282,6 +286,8 @@ def _print_decision(view: Any) -> int:
 
 
 async def _approvals(args: argparse.Namespace) -> int:
+    from refund_mcp.service.views import ApprovalInfo
+
     async def handle(app: Any) -> int:
         service = app.service
         if args.approvals_command == "list":
@@ -289,13 +295,19 @@ async def _approvals(args: argparse.Namespace) -> int:
             if not rows:
                 print("no refunds are waiting for approval")
             for view in rows:
+                # Until the worker's sweep runs, an expired one is still listed: say so, it can no longer be approved.
+                when = "EXPIRED" if service.approval_is_expired(view.approval) else "expires"
                 print(
                     f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  reason={view.reason}  "
-                    f"by={view.actor}  expires={view.approval.expires_at:%Y-%m-%d %H:%M}Z  ({view.approval.reason})"
+                    f"by={view.actor}  {when}={view.approval.expires_at:%Y-%m-%d %H:%M}Z  ({view.approval.reason})"
                 )
             return EXIT_OK
         if args.approvals_command == "show":
-            print(json.dumps(await service.refund_with_trail(args.refund_id), indent=2, default=str))
+            shown = await service.refund_with_trail(args.refund_id)
+            approval = shown["refund"].get("approval")
+            if approval is not None:
+                approval["expired"] = service.approval_is_expired(ApprovalInfo.model_validate(approval))
+            print(json.dumps(shown, indent=2, default=str))
             return EXIT_OK
         decide = service.approve if args.approvals_command == "approve" else service.deny
         return _print_decision(await decide(args.refund_id, approver=args.by, note=args.note))

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -39,6 +40,7 @@ from refund_mcp.domain.models import RefundReason, RefundStatus
 from refund_mcp.metrics import TOOL_LATENCY, TOOL_NAMES, ToolCallCounts, closed_label
 from refund_mcp.observability import logs, tracing
 from refund_mcp.processors.accounts import ACCOUNT_NAME_MAX, ACCOUNT_NAME_PATTERN
+from refund_mcp.service.confirmation import Preview
 from refund_mcp.service.metadata import METADATA_KEY_MAX, METADATA_MAX_KEYS, METADATA_VALUE_MAX
 from refund_mcp.service.untrusted import confirmation_prompt, fenced, untrusted_text
 from refund_mcp.service.views import PolicyCheckView, RefundPage, RefundView, TransactionView
@@ -111,6 +113,17 @@ class ResolvedConfirmation(BaseModel):
 
 # (name as called, whether it is ours, error code, message, argument names, audit action)
 RefusalRecorder = Callable[[str, bool, str, str, list[str], str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PreviewedRefund:
+    """One call's preview (None when no confirmation can be needed or it could not be evaluated).
+
+    Resolved once per call and shared by the confirmation question and the tool body, so the terms the
+    human is shown are the terms create_refund is held to."""
+
+    preview: Preview | None
+
 
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
@@ -255,7 +268,7 @@ def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> Ref
 
     server.on_refusal = record_refusal
 
-    async def confirm_if_needed(
+    async def preview_refund(
         ctx: Context,
         transaction_id: str,
         reason: RefundReason,
@@ -263,15 +276,14 @@ def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> Ref
         currency: str | None = None,
         processor: str | None = None,
         customer_ref: str | None = None,
-    ) -> Any:
-        """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
+    ) -> PreviewedRefund:
+        """The refund as our records see it now, when the policy could want it confirmed."""
         from refund_mcp.service.refunds import RefundInput
 
         require_scope("create_refund")
         service = await service_of()
         if not service.may_need_confirmation(amount_minor):
-            return ResolvedConfirmation(state="not_needed")
-        actor = actor_of(ctx)
+            return PreviewedRefund(None)
         req = RefundInput(
             transaction_id=transaction_id,
             reason=reason.value if isinstance(reason, RefundReason) else str(reason),
@@ -280,17 +292,26 @@ def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> Ref
             processor=processor,
             customer_ref=customer_ref,
         )
-        preview = await service.preview(actor, req)
-        if preview is None or preview.decision != "needs_confirmation":
+        return PreviewedRefund(await service.preview(actor_of(ctx), req))
+
+    async def confirm_if_needed(
+        ctx: Context,
+        previewed: Annotated[PreviewedRefund, Resolve(preview_refund)],
+        reason: RefundReason,
+        customer_ref: str | None = None,
+    ) -> Any:
+        """Ask the human to confirm when the policy wants it; resolvers run before the tool body."""
+        preview = previewed.preview
+        if preview is None or preview.view.decision != "needs_confirmation":
             return ResolvedConfirmation(state="not_needed")
         caps = ctx.client_capabilities
         if caps is None or caps.elicitation is None:
             return ResolvedConfirmation(state="unavailable")
         prompt = confirmation_prompt(
-            amount_display=preview.amount_display,
-            transaction_id=preview.transaction_id,
-            reason=req.reason,
-            payment_customer=preview.customer_ref,
+            amount_display=preview.view.amount_display,
+            transaction_id=preview.view.transaction_id,
+            reason=reason.value if isinstance(reason, RefundReason) else str(reason),
+            payment_customer=preview.view.customer_ref,
             claimed_customer=customer_ref,
         )
         return Elicit(prompt, ConfirmRefund)
@@ -318,6 +339,7 @@ def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> Ref
         reason: Reason,
         ctx: Context,
         confirmation: Annotated[ElicitationResult[ConfirmRefund], Resolve(confirm_if_needed)],
+        previewed: Annotated[PreviewedRefund, Resolve(preview_refund)],
         amount_minor: AmountMinor = None,
         currency: Currency = None,
         note: Annotated[str | None, Field(max_length=500, description="Internal note kept with the refund.")] = None,
@@ -360,15 +382,19 @@ def build_server(service: "RefundService | ServiceSource", actor_of: Any) -> Ref
             word = "declined" if isinstance(confirmation, DeclinedElicitation) else "cancelled"
             raise await service.record_declined_confirmation(actor, req, word)
         state = Confirmation.NOT_ASKED
+        confirmed = None
+        preview = previewed.preview
         if isinstance(confirmation, AcceptedElicitation):
             data = confirmation.data
             if isinstance(data, ConfirmRefund):
                 if not data.confirm:
                     raise await service.record_declined_confirmation(actor, req, "did not confirm")
-                state = Confirmation.CONFIRMED
+                assert preview is not None  # a question is only asked about a preview
+                state, confirmed = Confirmation.CONFIRMED, preview.terms(req.reason)
             elif isinstance(data, ResolvedConfirmation) and data.state == "unavailable":
                 state = Confirmation.UNAVAILABLE
-        return await service.create_refund(actor, req, state)
+        prefetched = preview.prefetched if preview is not None else None
+        return await service.create_refund(actor, req, state, confirmed=confirmed, prefetched=prefetched)
 
     @server.tool(title="Refund status", annotations=_READ)
     async def get_refund_status(

@@ -46,7 +46,7 @@ FLIPS = {(RefundStatus.SUCCEEDED, RefundStatus.FAILED), (RefundStatus.FAILED, Re
 # approval_expiry, refunds_per_payment, no_regress, books, adyen_flip.
 # REFUND_MCP_MODEL_ONLY=name,name runs only those.
 # Checks of guarantees this tree does not give yet are off unless named (REFUND_MCP_MODEL_SKIP= turns all on).
-NOT_YET_GUARANTEED = "currency,confirmed_amount,approval_expiry,refunds_per_payment,adyen_flip"
+NOT_YET_GUARANTEED = ""
 SKIPPED = frozenset(filter(None, os.environ.get("REFUND_MCP_MODEL_SKIP", NOT_YET_GUARANTEED).split(",")))
 ONLY = frozenset(filter(None, os.environ.get("REFUND_MCP_MODEL_ONLY", "").split(",")))
 
@@ -147,19 +147,19 @@ class MoneyMachine(RuleBasedStateMachine):
         if fault is not None:  # "a+b": this call gets a, the next call to that processor b
             self.processors[transaction.partition(":")[0]].faults.extend(fault.split("+"))
         req = RefundInput(transaction_id=transaction, reason=reason, amount_minor=amount, idempotency_key=key)
-        state, shown = Confirmation.NOT_ASKED, None
+        state, shown, terms = Confirmation.NOT_ASKED, None, None
         if confirmation == "unavailable":
             state = Confirmation.UNAVAILABLE
         elif confirmation == "human":
             # What the MCP server does: preview, ask the human about what the preview shows, then create.
             preview = self.run(service.preview(actor, req))
-            if preview is not None and not isinstance(preview, RefundError) and preview.decision == "needs_confirmation":
-                state, shown = Confirmation.CONFIRMED, preview.amount_minor
+            if preview is not None and not isinstance(preview, RefundError) and preview.view.decision == "needs_confirmation":
+                state, shown, terms = Confirmation.CONFIRMED, preview.view.amount_minor, preview.terms(reason)
                 if cancel_mid_prompt:  # the balance grows while the human reads the prompt
                     parked = [r for r in self.refunds() if r.status == "pending_approval"]
                     if parked:
                         self.run(self.services[1 - instance].cancel_refund(parked[0].actor, parked[0].id))
-        result = self.run(service.create_refund(actor, req, state))
+        result = self.run(service.create_refund(actor, req, state, confirmed=terms))
         if shown is not None and result is not None and not isinstance(result, RefundError) and result.duplicate_of is None:
             self.confirmed.setdefault(result.refund_id, shown)
 

@@ -72,11 +72,25 @@ SINGLE_RULES: list[Any] = [
         id="everyone-over-daily-cap",
     ),
     pytest.param(
-        {"currency": "JPY", "actor_daily_minor": 10**9},
+        {"currency": "JPY", "actor_daily_minor": 0, "amount_minor": 1},
         "limits.per_actor_daily",
-        ALLOW,
-        "no per-actor daily cap for JPY",
-        id="daily-cap-only-for-listed-currencies",
+        DENY,
+        "JPY has no per-actor daily cap, so it may not be refunded (this map names only USD)",
+        id="daily-cap-denies-an-unlisted-currency",
+    ),
+    pytest.param(
+        {"currency": "JPY", "amount_minor": 1},
+        "confirmation.above",
+        CONFIRM,
+        "JPY has no confirmation threshold, so every JPY refund is treated as above it",
+        id="confirmation-asks-for-an-unlisted-currency",
+    ),
+    pytest.param(
+        {"currency": "JPY", "amount_minor": 1},
+        "approval.above",
+        APPROVE,
+        "JPY has no approval threshold",
+        id="approval-parks-an-unlisted-currency",
     ),
     pytest.param(
         {"refunds_on_transaction": 2}, "limits.max_refunds_per_transaction", ALLOW, "has 2 refunds", id="below-count"

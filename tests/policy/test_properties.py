@@ -175,8 +175,9 @@ def violations(policy: Policy, req: PolicyRequest) -> dict[str, Outcome]:
     broken: dict[str, Outcome] = {}
 
     def lowest(section: str, key: str) -> Any:
+        # Deny by default: a map that omits the currency is a bound no amount passes (-1).
         values = [source.get(section, {}).get(key) for source in sources]
-        values = [value.get(req.currency) if isinstance(value, dict) else value for value in values]
+        values = [value.get(req.currency, -1) if isinstance(value, dict) else value for value in values]
         return min((value for value in values if value is not None), default=None)
 
     if any(rule.get("deny") for rule in matching):
@@ -249,13 +250,15 @@ def test_the_decision_equals_merging_all_applicable_settings_strictest_wins(poli
     assert decision.deciding, "a decision is always explained by at least one rule"
 
 
+def _source_paths(policy: Policy) -> list[list[Any]]:
+    """Paths to every place settings can be given: the top level, each rule, each actor."""
+    return [[], *(["rules", index] for index in range(len(policy["rules"]))), *(["actors", name] for name in policy["actors"])]
+
+
 def _tightenings(policy: Policy) -> list[tuple[list[Any], str]]:
     """Paths to settings that can be made stricter: (path, kind)."""
     found: list[tuple[list[Any], str]] = []
-    sources: list[list[Any]] = [[]]
-    sources += [["rules", index] for index in range(len(policy["rules"]))]
-    sources += [["actors", name] for name in policy["actors"]]
-    for base in sources:
+    for base in _source_paths(policy):
         source = _get(policy, base)
         for reason in source.get("reasons", []):
             found.append(([*base, "reasons", reason], "remove"))
@@ -299,3 +302,32 @@ def test_tightening_one_setting_never_makes_a_decision_less_strict(
     after = _engine(tighter).evaluate(req).outcome
 
     assert after.strictness >= before.strictness, f"{path} {kind}: {before} became {after}"
+
+
+def _currency_maps(policy: Policy) -> list[list[Any]]:
+    """Paths to every per-currency map that limits or steps up a refund (not `when.amount` conditions)."""
+    found: list[list[Any]] = []
+    for base in _source_paths(policy):
+        source = _get(policy, base)
+        found += [[*base, "limits", key] for key in MAP_LIMITS if key in source.get("limits", {})]
+        found += [[*base, section, "above"] for section in ("confirmation", "approval") if section in source]
+    return found
+
+
+@PROPERTY_SETTINGS
+@given(policies, requests, st.data())
+def test_a_map_that_omits_a_currency_is_never_looser_than_one_that_names_it(
+    policy: Policy, req: PolicyRequest, data: st.DataObject
+) -> None:
+    maps = _currency_maps(policy)
+    if not maps:
+        return
+    path = data.draw(st.sampled_from(maps), label="map")
+    named, omitted = copy.deepcopy(policy), copy.deepcopy(policy)
+    _get(named, path)[req.currency] = data.draw(st.integers(0, 2**40), label="named value")
+    _get(omitted, path).pop(req.currency, None)
+
+    with_value = _engine(named).evaluate(req).outcome
+    without = _engine(omitted).evaluate(req).outcome
+
+    assert without.strictness >= with_value.strictness, f"{path} without {req.currency}: {without}, with it: {with_value}"

@@ -78,7 +78,7 @@ async def test_an_existing_database_gets_the_indexes_from_revision_0009(tmp_path
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}")
     try:
         await db.migrate()
-        await migrations.downgrade(db.engine, "0003")
+        await migrations.downgrade(db.engine, "0004")
         balance_plan, totals_plan = await _plans(db)
         assert "ix_refunds_balance" not in balance_plan and "ix_refunds_daily_totals" not in totals_plan
         applied = await db.migrate()

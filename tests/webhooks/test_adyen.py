@@ -63,7 +63,8 @@ async def test_every_item_of_a_batch_is_applied_and_the_batch_is_acknowledged_on
     assert "webhook.ignored" in actions
 
 
-async def test_a_refund_refused_then_reported_again_as_success_follows_the_status_rules(world):
+async def test_a_refund_refused_then_reported_again_as_success_is_succeeded_and_counts_as_refunded(world):
+    # Adyen: a later success=true for the same pspReference and event code supersedes the earlier success=false.
     transaction_id = await world.seed("adyen")
     refund = await world.refund(transaction_id, 2500)
     psp = refund["processor_refund_id"]
@@ -73,10 +74,36 @@ async def test_a_refund_refused_then_reported_again_as_success_follows_the_statu
     assert await world.status(refund["refund_id"]) == "failed"
     view = await world.tool("get_refund_status", {"refund_id": refund["refund_id"], "refresh": False})
     assert "Insufficient balance" in view["failure_reason"]
-    # A final state is sticky: a later success for the same refund does not resurrect it.
+    assert await world.refundable(transaction_id) == 10000  # released while it is failed
+
     accepted = signing.adyen_item("REFUND", psp, success=True, value=2500, original_reference=PSP, merchant_reference=refund["refund_id"])
     assert (await world.deliver_adyen(accepted)).status_code == 200
+
+    view = await world.tool("get_refund_status", {"refund_id": refund["refund_id"], "refresh": False})
+    assert (view["status"], view["failure_reason"]) == ("succeeded", None)
+    transaction = await world.tool("lookup_transaction", {"transaction_id": transaction_id})
+    assert (transaction["refunded_minor"], transaction["refundable_minor"]) == (2500, 7500)
+    actions = await world.audit_actions(refund["refund_id"])
+    assert ("refund.failure_superseded", "succeeded", None) in actions
+    # A replay of either notification changes nothing.
+    before = await world.snapshot()
+    for item in (refused, accepted):
+        assert (await world.deliver_adyen(item)).status_code == 200
+    assert await world.snapshot() == before
+
+
+async def test_a_scheme_failure_is_not_superseded_by_a_late_refund_success(world):
+    # REFUND_FAILED (the scheme rejected it after Adyen accepted) is later news than any REFUND success=true.
+    transaction_id = await world.seed("adyen")
+    refund = await world.refund(transaction_id, 2500)
+    psp = refund["processor_refund_id"]
+    failed = signing.adyen_item("REFUND_FAILED", psp, value=2500, original_reference=PSP, merchant_reference=refund["refund_id"])
+    accepted = signing.adyen_item("REFUND", psp, success=True, value=2500, original_reference=PSP, merchant_reference=refund["refund_id"])
+    for item in (failed, accepted):  # delivered out of order
+        assert (await world.deliver_adyen(item)).status_code == 200
     assert await world.status(refund["refund_id"]) == "failed"
+    assert await world.refundable(transaction_id) == 10000
+    assert "refund.failure_superseded" not in [action for action, _, _ in await world.audit_actions(refund["refund_id"])]
 
 
 async def test_an_event_date_that_cannot_be_stored_is_dropped_rather_than_failing_the_delivery(world):

@@ -6,6 +6,12 @@ outcome of all checks. That equals merging the sources strictest-wins (lowest li
 lists, require_customer_match if any source requires it) while keeping, for every outcome, the name of
 the exact setting that produced it: `limits.per_refund`, `rules[0].approval.above`,
 `actors.tier1-bot.limits.per_refund`.
+
+Deny by default, everywhere: a currency that a map does not name is never "no limit". A cap
+(`per_refund` in a rule or an actor, `per_actor_daily`, `global_daily`) that omits the refund's
+currency denies it; a threshold (`confirmation.above`, `approval.above`) that omits it treats the
+refund as above the threshold, so the step is taken. Leaving a whole map out is how a policy says
+"no such limit"; naming some currencies and not others is not.
 """
 
 from __future__ import annotations
@@ -285,7 +291,7 @@ def _currencies_check(per_refund: dict[str, int] | None, name: str, request: Pol
 def _per_refund_check(limits: dict[str, int], name: str, request: PolicyRequest) -> RuleResult:
     currency, amount = request.currency, request.amount_minor
     if currency not in limits:
-        return RuleResult(name, Outcome.ALLOW, f"no per-refund limit for {currency} here")
+        return RuleResult(name, Outcome.DENY, f"{currency} has no per-refund limit here, so it may not be refunded{_naming(limits)}")
     limit = limits[currency]
     if amount > limit:
         return RuleResult(
@@ -301,7 +307,7 @@ def _per_refund_check(limits: dict[str, int], name: str, request: PolicyRequest)
 def _daily_check(caps: dict[str, int], name: str, request: PolicyRequest, so_far: int, scope: str) -> RuleResult:
     currency, amount = request.currency, request.amount_minor
     if currency not in caps:
-        return RuleResult(name, Outcome.ALLOW, f"no {scope} daily cap for {currency}")
+        return RuleResult(name, Outcome.DENY, f"{currency} has no {scope} daily cap, so it may not be refunded{_naming(caps)}")
     cap = caps[currency]
     total = so_far + amount
     if total > cap:
@@ -376,7 +382,7 @@ def _threshold_check(
 ) -> RuleResult:
     currency, amount = request.currency, request.amount_minor
     if currency not in thresholds:
-        return RuleResult(name, Outcome.ALLOW, f"no {label} for {currency}")
+        return RuleResult(name, outcome, f"{currency} has no {label}, so every {currency} refund is treated as above it{_naming(thresholds)}")
     threshold = thresholds[currency]
     if amount > threshold:
         return RuleResult(
@@ -448,6 +454,10 @@ def _customer_key(reference: str | None) -> str | None:
 def _as_utc(moment: datetime) -> datetime:
     # A naive time is taken as UTC rather than crashing the comparison.
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _naming(amounts: dict[str, int]) -> str:
+    return f" (this map names only {', '.join(amounts)})" if amounts else " (this map names no currency)"
 
 
 def _display(amount_minor: int, currency: str) -> str:

@@ -127,15 +127,16 @@ class Limits(_PolicyModel):
     per_refund: CurrencyAmounts | None = Field(
         default=None,
         description="Largest single refund per currency. At the top level it also lists the currencies "
-        "that may be refunded at all: a currency missing here is denied.",
+        "that may be refunded at all; at every level a currency missing here is denied.",
     )
     per_actor_daily: CurrencyAmounts | None = Field(
         default=None,
-        description="Cap on one actor's refunds per currency over the last 24 hours (listed currencies only).",
+        description="Cap on one actor's refunds per currency over the last 24 hours; a currency missing here is denied.",
     )
     global_daily: CurrencyAmounts | None = Field(
         default=None,
-        description="Cap on all actors' refunds together per currency over the last 24 hours (listed currencies only).",
+        description="Cap on all actors' refunds together per currency over the last 24 hours; a currency missing "
+        "here is denied.",
     )
     max_refunds_per_transaction: Count | None = Field(
         default=None, description="Most refunds (not failed or cancelled) one transaction may have."
@@ -149,7 +150,8 @@ class Threshold(_PolicyModel):
     """Refunds above these amounts need an extra step (confirmation or approval)."""
 
     above: CurrencyAmounts = Field(
-        description="Per currency: a refund strictly above this amount needs the step; 0 means every refund."
+        description="Per currency: a refund strictly above this amount needs the step; 0 means every refund. "
+        "A currency missing here always needs the step."
     )
 
 

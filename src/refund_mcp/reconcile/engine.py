@@ -34,6 +34,7 @@ from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.errors import NotSupported, ProcessorCallError, RefundError, RefundNotFound
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus, may_transition
 from refund_mcp.processors.base import Processor
+from refund_mcp.service import identity
 from refund_mcp.store import queries, tables
 
 ACTOR = "refund-mcp reconcile"
@@ -168,14 +169,16 @@ async def _possible_twin(app: Any, processor: str, answer: ProcessorRefund) -> s
     if answer.transaction_id is None:
         return None
     R = tables.refunds
-    query = select(R.c.id).where(
-        R.c.transaction_id == f"{processor}:{answer.transaction_id}",
-        R.c.processor_refund_id.is_(None),
-        R.c.status == RefundStatus.QUEUED.value,
-        R.c.amount_minor == answer.amount_minor,
-        R.c.currency == answer.currency,
-    )
     async with app.db.read() as conn:
+        # Our refunds are recorded under the payment's canonical id, whichever name the processor used here.
+        payment = await identity.canonical_of(conn, processor, answer.transaction_id) or f"{processor}:{answer.transaction_id}"
+        query = select(R.c.id).where(
+            R.c.transaction_id == payment,
+            R.c.processor_refund_id.is_(None),
+            R.c.status == RefundStatus.QUEUED.value,
+            R.c.amount_minor == answer.amount_minor,
+            R.c.currency == answer.currency,
+        )
         row = (await conn.execute(query.limit(1))).first()
     return row.id if row is not None else None
 

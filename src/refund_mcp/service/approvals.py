@@ -2,15 +2,20 @@
 
 An approval sends the refund through the normal submission path (same idempotency key).
 The actor who asked for a refund can never approve it.
+
+Expiry is checked when a decision is taken, not only by the worker's sweep: a decision on a refund
+whose approval has expired expires it there and then (cancelled, released, audited) and is refused,
+so an approver acting after the deadline cannot move money the policy meant to time out.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
-from refund_mcp.domain.errors import Forbidden, NotSupported, ValidationFailed
+from refund_mcp.domain.errors import Forbidden, NotSupported, RefundError, ValidationFailed
 from refund_mcp.domain.models import RefundStatus
 from refund_mcp.service import views
 from refund_mcp.store import queries
@@ -34,18 +39,22 @@ class ApprovalsMixin:
         return approver
 
     async def approve(self, refund_id: str, *, approver: str, note: str | None = None) -> views.RefundView:
+        """Approve and submit a parked refund. Raises Forbidden (own refund), NotSupported (not waiting,
+        or its approval expired: then it is expired now, released and audited)."""
         approver = self._check_approver(approver)
         now = self.clock()
         async with self.db.write() as conn:
             row = await self._get_row(conn, refund_id)
             self._check_pending(row)
-            if row.actor == approver:
+            expired = await self._expire_if_due(conn, row, now, attempted_by=approver, attempted="approve")
+            self_approval = expired is None and row.actor == approver
+            if self_approval:
                 # Recorded, then refused outside the transaction so the record commits.
                 await audit.append(conn, AuditEntry(actor=approver, action="approval.refused", target=refund_id, outcome="denied", error_code="forbidden", detail={"why": "self-approval"}))
-                self_approval = True
-            else:
-                self_approval = False
+            elif expired is None:
                 claimed = await self._mark_approved(conn, refund_id, approver, note, now)
+        if expired is not None:
+            raise expired
         if self_approval:
             raise Forbidden(f"{approver} asked for refund {refund_id} and cannot approve it; another person must")
         return await self._submit(refund_id, caller=approver, claimed=claimed)
@@ -70,12 +79,24 @@ class ApprovalsMixin:
         return claimed
 
     async def deny(self, refund_id: str, *, approver: str, note: str | None = None) -> views.RefundView:
+        """Deny a parked refund, releasing its amount. Raises NotSupported when it is not waiting, or
+        when its approval expired (then it is expired now, released and audited)."""
         approver = self._check_approver(approver)
         now = self.clock()
         async with self.db.write() as conn:
             row = await self._get_row(conn, refund_id)
             self._check_pending(row)
-            await queries.update_refund(
+            expired = await self._expire_if_due(conn, row, now, attempted_by=approver, attempted="deny")
+            if expired is None:
+                await self._mark_denied(conn, refund_id, approver, note, now)
+                view = self._refund_view(await queries.get_refund(conn, refund_id))
+        if expired is not None:
+            raise expired
+        view.message = f"Denied by {approver}; nothing was refunded and the amount is released."
+        return view
+
+    async def _mark_denied(self, conn, refund_id: str, approver: str, note: str | None, now) -> None:  # type: ignore[no-untyped-def]
+        await queries.update_refund(
                 conn,
                 refund_id,
                 status=RefundStatus.CANCELLED.value,
@@ -86,24 +107,50 @@ class ApprovalsMixin:
                 failure_reason=f"denied by {approver}" + (f": {note}" if note else ""),
                 updated_at=now,
             )
-            await audit.append(conn, AuditEntry(actor=approver, action="approval.denied", target=refund_id, outcome="cancelled", detail={"note": note}))
-            view = self._refund_view(await queries.get_refund(conn, refund_id))
-        view.message = f"Denied by {approver}; nothing was refunded and the amount is released."
-        return view
+        await audit.append(conn, AuditEntry(actor=approver, action="approval.denied", target=refund_id, outcome="cancelled", detail={"note": note}))
 
     async def expire_approvals(self) -> int:
         now = self.clock()
         async with self.db.write() as conn:
             rows = await queries.expired_approvals(conn, now)
             for row in rows:
-                await queries.update_refund(
-                    conn, row.id, status=RefundStatus.CANCELLED.value, approval_state="expired",
-                    failure_reason="approval expired before anyone decided", updated_at=now,
-                )
-                await audit.append(conn, AuditEntry(actor="refund-mcp", action="approval.expired", target=row.id, outcome="cancelled"))
+                await self._mark_expired(conn, row.id, now, detail=None)
         return len(rows)
+
+    async def _mark_expired(self, conn: Any, refund_id: str, now: datetime, *, detail: dict[str, Any] | None) -> None:
+        await queries.update_refund(
+            conn, refund_id, status=RefundStatus.CANCELLED.value, approval_state="expired",
+            failure_reason="approval expired before anyone decided", updated_at=now,
+        )
+        await audit.append(conn, AuditEntry(actor="refund-mcp", action="approval.expired", target=refund_id, outcome="cancelled", detail=detail))
+
+    async def _expire_if_due(self, conn: Any, row: Any, now: datetime, *, attempted_by: str, attempted: str) -> RefundError | None:
+        """Expire a refund whose approval deadline has passed (in the caller's transaction, so it commits
+        with the refusal's record); returns the error to raise once committed, or None if still open."""
+        if not approval_expired(row.approval_expires_at, now):
+            return None
+        await self._mark_expired(conn, row.id, now, detail={"on_decision": attempted, "by": attempted_by})
+        error = NotSupported(
+            f"the approval of refund {row.id} expired at {row.approval_expires_at:%Y-%m-%d %H:%M}Z, before it was decided; "
+            "it is now cancelled and its amount released, and nothing was refunded. Ask for a new refund if it is still wanted."
+        )
+        error._audited = True  # type: ignore[attr-defined]  # the approval.expired record says what happened
+        return error
+
+    def approval_is_expired(self, approval: views.ApprovalInfo | None) -> bool:
+        """Whether an approval has expired, including one still shown as pending because the sweep has not run yet."""
+        if approval is None:
+            return False
+        return approval.state == "expired" or (approval.state == "pending" and approval_expired(approval.expires_at, self.clock()))
 
     @staticmethod
     def _check_pending(row: object) -> None:
         if getattr(row, "status") != RefundStatus.PENDING_APPROVAL.value or getattr(row, "approval_state") != "pending":
             raise NotSupported(f"refund {getattr(row, 'id')} is {getattr(row, 'status')}, not waiting for approval")
+
+
+def approval_expired(expires_at: datetime | None, now: datetime) -> bool:
+    """True once an approval deadline has passed (at the deadline itself, too: the sweep agrees)."""
+    if expires_at is None:
+        return False
+    return (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) <= now

@@ -1,7 +1,11 @@
 """Applying verified processor events: refund status changes, refunds made elsewhere, payments made known.
 
 Replays are no-ops (each event id is recorded once); final states never regress; a late failure
-after success is applied as `failed` and audited (the status rules in domain/models.py).
+after success is applied as `failed` and audited (the status rules in domain/models.py). The one
+exception is carried by the event itself, not by the status rules: an event that names the earlier
+failure it supersedes (`RefundEvent.supersedes_failure`, set by a processor whose documentation says a
+later outcome replaces an earlier one: Adyen's REFUND success=false then success=true) turns that
+failed refund into `succeeded`, audited as `refund.failure_superseded`.
 
 One case is put off rather than decided: a refund event that names no refund-mcp id (Square's
 carry none) for a payment on which one of our refunds of the same amount is still in doubt (sent,
@@ -22,6 +26,7 @@ from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.ids import is_refund_id, new_refund_id
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus, TransactionInfo
 from refund_mcp.observability.tracing import traced_async
+from refund_mcp.service import identity
 from refund_mcp.store import queries, tables
 from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, WebhookEvent
 
@@ -96,6 +101,9 @@ class EventsMixin:
             failure_reason=event.failure_reason,
         )
         if row is not None:
+            if _supersedes(event, row):
+                await self._supersede_failure(conn, row, event, now)
+                return "applied"
             await self.apply_processor_state(conn, row.id, answer, actor=f"webhook:{event.processor}", action="refund.webhook")
             return "applied"
         # Not ours: a refund made elsewhere (e.g. a dashboard). Record it so balances stay right.
@@ -144,11 +152,44 @@ class EventsMixin:
         )
         return "external"
 
+    async def _supersede_failure(self, conn: Any, row: Any, event: RefundEvent, now: Any) -> None:
+        """Record that the processor's later outcome replaced an earlier failure: the refund succeeded."""
+        await queries.update_refund(
+            conn,
+            row.id,
+            status=RefundStatus.SUCCEEDED.value,
+            processor_refund_id=event.processor_refund_id,
+            processor_status=event.processor_status,
+            failure_reason=None,
+            next_attempt_at=None,
+            claimed_until=None,
+            updated_at=now,
+        )
+        await audit.append(
+            conn,
+            AuditEntry(
+                actor=f"webhook:{event.processor}",
+                action="refund.failure_superseded",
+                target=row.id,
+                outcome=RefundStatus.SUCCEEDED.value,
+                detail={
+                    "event_id": event.event_id,
+                    "from": row.status,
+                    "to": RefundStatus.SUCCEEDED.value,
+                    "superseded": row.processor_status,
+                    "superseded_failure_reason": row.failure_reason,
+                    "processor_status": event.processor_status,
+                },
+            ),
+        )
+
     async def _event_transaction(self, conn: Any, event: RefundEvent) -> tuple[str | None, Any]:
         """The payment on record under any of the ids the event names: (canonical id, row or None)."""
         candidates = [tid for tid in (event.transaction_id, *event.other_transaction_ids) if tid]
         for bare_id in candidates:
-            txn = await queries.get_transaction(conn, f"{event.processor}:{bare_id}")
+            # A payment's other names resolve to the record its refunds and balance are kept under.
+            canonical = await identity.canonical_of(conn, event.processor, bare_id) or f"{event.processor}:{bare_id}"
+            txn = await queries.get_transaction(conn, canonical)
             if txn is not None:
                 return txn.id, txn
         return (f"{event.processor}:{candidates[0]}" if candidates else None), None
@@ -166,3 +207,14 @@ class EventsMixin:
             R.c.currency == event.currency,
         )
         return (await conn.execute(query.limit(1))).first() is not None
+
+
+def _supersedes(event: RefundEvent, row: Any) -> bool:
+    """Whether this success replaces the refund's recorded failure (only the failure the event names)."""
+    return (
+        event.status is RefundStatus.SUCCEEDED
+        and row.status == RefundStatus.FAILED.value
+        and row.processor_status is not None
+        and row.processor_status in event.supersedes_failure
+        and row.processor_refund_id in (None, event.processor_refund_id)
+    )

@@ -59,9 +59,10 @@ from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.registry import ProcessorRegistry
-from refund_mcp.service import attempts, views
+from refund_mcp.service import attempts, identity, views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
+from refund_mcp.service.confirmation import ConfirmedTerms, Prefetched, Preview
 from refund_mcp.service.events import EventsMixin
 from refund_mcp.service.metadata import decode as decode_metadata
 from refund_mcp.service.metadata import encode as encode_metadata
@@ -154,15 +155,13 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         self.settings = settings
         self.clock = clock
         self.breaker = breaker or CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_open_seconds)
-        # A confirmation preview looks the payment up just before create_refund does: the second call reuses
-        # that answer (once, within seconds) instead of asking the processor twice for one tool call.
-        self._previewed: dict[str, tuple[float, TransactionInfo | None, str | None]] = {}
         self._just_reserved: dict[str, Row[Any]] = {}
 
     # ----------------------------------------------------------------- routing and lookups
 
     async def resolve_transaction_id(self, transaction_id: str, processor: str | None = None) -> TransactionRef:
-        """Apply the contract's id rules and find the one account a payment belongs to.
+        """Apply the contract's id rules, find the one account a payment belongs to, then resolve the name
+        to the payment's canonical id there (service/identity.py).
 
         `processor` (and a `prefix:` on the id) may name an account (`stripe@eu`, `checkout`) or a
         processor (`stripe`). A processor with several accounts is resolved through our records; when
@@ -188,17 +187,22 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             if not rest:
                 raise ValidationFailed("transaction_id has no id after the processor name", fields=["transaction_id"])
             candidates = [name for name in self._candidates(prefix) if processor is None or name in self._candidates(processor)]
-            return await self._one_account(candidates, rest)
+            return await self._canonical_ref(await self._one_account(candidates, rest))
         if processor is not None:
-            return await self._one_account(self._candidates(processor), raw)
+            return await self._canonical_ref(await self._one_account(self._candidates(processor), raw))
         if raw.startswith(STRIPE_PREFIXES) and self.processors.accounts_of("stripe"):
-            return await self._one_account(self.processors.accounts_of("stripe"), raw)
+            return await self._canonical_ref(await self._one_account(self.processors.accounts_of("stripe"), raw))
         async with self.db.read() as conn:
-            known = [row.processor for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
+            known = [row.id for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
+            known += [
+                canonical for canonical in await identity.canonical_ids_of_bare(conn, raw)
+                if canonical.partition(":")[0] in configured
+            ]
         if len(known) == 1:
-            return TransactionRef(known[0], raw)
+            account, _, canonical_bare = known[0].partition(":")
+            return TransactionRef(account, canonical_bare)
         if len(known) > 1:
-            raise self._ambiguous(known, raw)
+            raise self._ambiguous([canonical.partition(":")[0] for canonical in known], raw)
         raise ValidationFailed(
             f"cannot tell which processor {raw[:40]!r} belongs to; write it as processor:id or pass processor "
             f"(configured: {', '.join(configured)})",
@@ -219,7 +223,9 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         if len(candidates) == 1:
             return TransactionRef(candidates[0], bare_id)
         async with self.db.read() as conn:
-            known = {row.processor for row in await queries.find_transactions_by_bare_id(conn, bare_id)} & set(candidates)
+            known = {row.processor for row in await queries.find_transactions_by_bare_id(conn, bare_id)}
+            known |= {canonical.partition(":")[0] for canonical in await identity.canonical_ids_of_bare(conn, bare_id)}
+        known &= set(candidates)
         if len(known) == 1:
             return TransactionRef(known.pop(), bare_id)
         raise self._ambiguous(candidates, bare_id)
@@ -230,6 +236,19 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         return ValidationFailed(
             f"{bare_id[:40]!r} could belong to several accounts; name the account: {listed}", fields=["transaction_id"]
         )
+
+    async def _canonical_ref(self, ref: TransactionRef) -> TransactionRef:
+        """The payment's canonical id when this name is a recorded alias of it; else the name as given."""
+        async with self.db.read() as conn:
+            canonical = await identity.canonical_of(conn, ref.processor, ref.bare_id)
+        return ref if canonical is None else TransactionRef(ref.processor, canonical.partition(":")[2])
+
+    @staticmethod
+    def _as_named_by_processor(ref: TransactionRef, info: TransactionInfo | None) -> tuple[TransactionRef, TransactionInfo | None]:
+        """Re-key to the id the processor's answer calls canonical, keeping the name asked about as an alias."""
+        if info is None or info.transaction_id == ref.bare_id:
+            return ref, info
+        return TransactionRef(ref.processor, info.transaction_id), identity.with_requested_name(info, ref.bare_id)
 
     def _processor(self, name: str) -> Processor:
         processor = self.processors.get(name)
@@ -273,15 +292,17 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 processor=ref.processor,
             )
 
-    async def _fetch_transaction_once(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
-        previewed = self._previewed.pop(ref.canonical, None)
-        if previewed is not None and time.monotonic() - previewed[0] < 5.0:
-            return previewed[1], previewed[2]
+    async def _fetch_transaction_once(self, ref: TransactionRef, prefetched: Prefetched | None) -> tuple[TransactionInfo | None, str | None]:
+        # A confirmation preview of this same call looked the payment up moments ago: reuse that answer
+        # instead of asking the processor twice for one tool call.
+        if prefetched is not None and prefetched.usable_for(ref.canonical):
+            return prefetched.info, prefetched.note
         return await self._fetch_transaction(ref)
 
     async def _known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any]:
         if info is not None:
             await queries.upsert_transaction(conn, ref.canonical, info, self.clock())
+            await identity.record_aliases(conn, ref.processor, info, self.clock())
         txn = await queries.get_transaction(conn, ref.canonical, lock=True)
         if txn is None:
             hint = (
@@ -332,6 +353,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         try:
             ref = await self.resolve_transaction_id(transaction_id, processor)
             info, note = await self._fetch_transaction(ref)
+            ref, info = self._as_named_by_processor(ref, info)
             async with self.db.write() as conn:
                 txn = await self._known_transaction(conn, ref, info)
                 view = await self._transaction_view(conn, txn, source="processor" if info else "records", message=note)
@@ -441,6 +463,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(transaction_id)
             info, _note = await self._fetch_transaction(ref)
+            ref, info = self._as_named_by_processor(ref, info)
             async with self.db.write() as conn:
                 ev = await self._evaluate(conn, actor, "check_refund_policy", ref, info, req, cur)
                 view = self._policy_view(ev)
@@ -502,37 +525,42 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         """Whether the policy could ask to confirm this refund; False lets create_refund skip the preview.
 
         Confirmation applies strictly above a threshold, so an amount at or below every threshold of every
-        currency never needs one; an omitted amount (the whole balance) always has to be previewed."""
+        currency never needs one; an omitted amount (the whole balance) always has to be previewed, and so
+        does any amount when a confirmation map leaves out a refundable currency (it asks for all of them)."""
         policy = self.policy.engine().loaded.policy
-        thresholds = [
-            threshold
+        maps = [
+            source.confirmation.above
             for source in (policy, *policy.rules, *policy.actors.values())
             if source.confirmation is not None
-            for threshold in source.confirmation.above.values()
         ]
-        if not thresholds:
+        if not maps:
             return False
+        refundable = set((policy.limits.per_refund if policy.limits else None) or {})
+        if any(not refundable <= set(above) for above in maps):
+            return True
+        thresholds = [threshold for above in maps for threshold in above.values()]
         return amount_minor is None or amount_minor > min(thresholds)
 
-    async def preview(self, actor: str, req: RefundInput) -> views.PolicyCheckView | None:
+    async def preview(self, actor: str, req: RefundInput) -> Preview | None:
         """The decision create_refund would reach now, without recording anything; None if it cannot be evaluated.
 
-        Used to decide whether to ask the human to confirm before the call proceeds. The real decision is
-        taken again under the lock; a confirmation asked for here is only used if that decision wants one.
+        Used to decide whether to ask the human to confirm before the call proceeds, and what to show them:
+        the amount and payment come from our records here. The real decision is taken again under the lock,
+        and a confirmation holds only for exactly the terms this preview showed (see service/confirmation.py).
         """
         try:
             cur, _ = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
+            requested = ref.canonical
             info, note = await self._fetch_transaction(ref)
-            if len(self._previewed) > 1000:  # previews not followed by a refund (declined) must not pile up
-                self._previewed.clear()
-            self._previewed[ref.canonical] = (time.monotonic(), info, note)
+            ref, info = self._as_named_by_processor(ref, info)
+            prefetched = Prefetched(requested, info, note, time.monotonic())
             async with self.db.read() as conn:
                 ev = await self._evaluate(conn, actor, "create_refund", ref, info, req, cur)
                 # Nothing is recorded by a preview: rolling back undoes the transaction upsert too.
                 raise _Rollback(self._policy_view(ev))
         except _Rollback as done:
-            return done.view
+            return Preview(done.view, prefetched)
         except RefundError:
             return None
 
@@ -559,14 +587,28 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             "metadata": req.metadata,
         }
 
-    async def create_refund(self, actor: str, req: RefundInput, confirmation: Confirmation = Confirmation.NOT_ASKED) -> views.RefundView:
+    async def create_refund(
+        self,
+        actor: str,
+        req: RefundInput,
+        confirmation: Confirmation = Confirmation.NOT_ASKED,
+        *,
+        confirmed: ConfirmedTerms | None = None,
+        prefetched: Prefetched | None = None,
+    ) -> views.RefundView:
+        """Refund all or part of a payment. With `confirmation` CONFIRMED, `confirmed` says what the human
+        confirmed; the reservation must be exactly that or it is refused ([confirmation_declined]).
+        `prefetched`: this call's preview lookup, reused while fresh."""
+        if confirmation is Confirmation.CONFIRMED and confirmed is None:
+            raise ValueError("a confirmed refund must carry the terms the human confirmed")
         request = self._request_record(req)
         await self.guard_tool("create_refund", actor, request)
         try:
             currency, reason = self._validate_input(req)
             ref = await self.resolve_transaction_id(req.transaction_id, req.processor)
-            info, _note = await self._fetch_transaction_once(ref)
-            view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request)
+            info, _note = await self._fetch_transaction_once(ref, prefetched)
+            ref, info = self._as_named_by_processor(ref, info)
+            view, submit = await self._reserve(actor, req, ref, info, currency, confirmation, request, confirmed)
         except RefundError as exc:
             if not getattr(exc, "_audited", False):
                 await self._audit_error(actor, "refund.create", req.transaction_id[:200], exc, request)
@@ -586,6 +628,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
         currency: str | None,
         confirmation: Confirmation,
         request: dict[str, Any],
+        confirmed: ConfirmedTerms | None = None,
     ) -> tuple[views.RefundView, bool]:
         """The one serialized write: returns (the refund, whether to submit it now)."""
         now = self.clock()
@@ -631,6 +674,11 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 denied = PolicyDenied(decision.explain())
                 denied.decision = decision  # type: ignore[attr-defined]  # recorded by the audit of the refusal
                 raise denied
+            # Checked under the lock: what is reserved is what the human confirmed, or nothing is.
+            if confirmation is Confirmation.CONFIRMED and confirmed is not None and confirmed.differs_from(
+                ev.txn.id, ev.amount_minor, ev.txn.currency, req.reason
+            ):
+                raise confirmed.refusal(ev.txn.id, ev.amount_minor, ev.txn.currency)
 
             needs_human = decision.outcome is Outcome.NEEDS_APPROVAL or (
                 decision.outcome is Outcome.NEEDS_CONFIRMATION and confirmation is not Confirmation.CONFIRMED
@@ -932,11 +980,13 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
             async with self.db.write() as conn:
                 txn_ids: list[str] | None = None
                 if transaction_id is not None:
+                    # Any name of a payment lists its refunds: they are recorded under its canonical id.
                     prefix, sep, rest = transaction_id.partition(":")
                     if sep and rest:
-                        txn_ids = [transaction_id]
+                        txn_ids = [await identity.canonical_of(conn, prefix, rest) or transaction_id]
                     else:
                         txn_ids = [row.id for row in await queries.find_transactions_by_bare_id(conn, transaction_id)]
+                        txn_ids += await identity.canonical_ids_of_bare(conn, transaction_id)
                 # A processor's name lists all its accounts; an account name, that account.
                 accounts = self._candidates(processor) if processor is not None and processor not in self.processors else None
                 rows = await queries.list_refunds(

@@ -177,6 +177,19 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# Other names of a payment (Stripe: a charge's payment intent), each pointing at the one canonical
+# "processor:id" its refunds, balance, limits and duplicates are counted under.
+transaction_aliases = Table(
+    "transaction_aliases",
+    metadata,
+    Column("alias", String(200), primary_key=True),  # "processor:id" as a caller or a processor may name it
+    Column("bare_id", String(180), nullable=False),  # the alias without "processor:", for bare-id look-ups
+    Column("transaction_id", String(200), nullable=False),  # the canonical "processor:id"
+    Column("recorded_at", UTCDateTime, nullable=False),
+)
+Index("ix_transaction_aliases_bare", transaction_aliases.c.bare_id)
+Index("ix_transaction_aliases_transaction", transaction_aliases.c.transaction_id)
+
 webhook_events = Table(
     "webhook_events",
     metadata,

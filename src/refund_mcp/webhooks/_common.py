@@ -90,6 +90,7 @@ def refund_event(
     our_refund_id: str | None,
     occurred_at: datetime | None,
     other_transaction_ids: tuple[str, ...] = (),
+    supersedes_failure: tuple[str, ...] = (),
 ) -> RefundEvent:
     """A RefundEvent from an adapter's mapping of the processor's refund object, bounds-checked.
     Raises WebhookMalformed."""
@@ -111,4 +112,5 @@ def refund_event(
         our_refund_id=our_refund_id if isinstance(our_refund_id, str) and len(our_refund_id) <= ID_MAX else None,
         failure_reason=answer.failure_reason[:REASON_MAX] if answer.failure_reason else None,
         occurred_at=occurred_at,
+        supersedes_failure=supersedes_failure,
     )

@@ -17,12 +17,24 @@ Adyen has no event id. An item is identified by (pspReference, eventCode, succes
 documents as unique per notification (`success` may flip on a later notification for the same
 modification), so the id is a digest of those three.
 
+A flipped outcome. Adyen's webhook documentation (docs.adyen.com, "Handle webhook events" and
+"Webhook structure and types") identifies an event by eventCode and pspReference, and warns that the
+same event can be sent again with a different `success`: a REFUND with `success=false` followed by
+one with `success=true` for the same pspReference means the refund did go through after all; the
+later outcome is the one to act on. So a REFUND (or CANCEL_OR_REFUND refund) with success=true
+supersedes an earlier failure of the same refund *that came from success=false of the same event
+code*: the refund becomes `succeeded` and counts as refunded, and the flip is audited
+(`refund.failure_superseded`). Nothing else reopens a final state: a failure from REFUND_FAILED or
+REFUNDED_REVERSED (the scheme rejected or reversed the refund after Adyen accepted it) is later news
+than any REFUND success and is never superseded, and other processors' events never carry this.
+
 Mapping:
-    REFUND success=true          our/their refund -> succeeded
+    REFUND success=true          our/their refund -> succeeded (also over an earlier REFUND success=false)
     REFUND success=false         -> failed (Adyen refused it; `reason` says why)
     REFUND_FAILED, REFUNDED_REVERSED (success=true)
                                  -> failed, even after success (the status rules apply it and audit it)
-    CANCEL_OR_REFUND             modification.action=refund: like REFUND; =cancel: the payment was
+    CANCEL_OR_REFUND             modification.action=refund: like REFUND (success=true supersedes an
+                                 earlier CANCEL_OR_REFUND success=false); =cancel: the payment was
                                  cancelled before capture, so it becomes non-refundable
     AUTHORISATION success=true   the payment becomes known, counted as CAPTURED: Adyen captures
                                  immediately unless the merchant account is set to delayed/manual
@@ -155,6 +167,8 @@ def _item_event(item: dict[str, Any]) -> WebhookEvent:
     reason = item.get("reason") if isinstance(item.get("reason"), str) else None
 
     def refund(status: RefundStatus) -> WebhookEvent:
+        # A success=true outcome replaces a success=false one for the same event code (see the module docstring).
+        supersedes = (f"{code}:false",) if status is RefundStatus.SUCCEEDED else ()
         answer = ProcessorRefund(
             processor_refund_id=psp,
             status=status,
@@ -165,7 +179,9 @@ def _item_event(item: dict[str, Any]) -> WebhookEvent:
             transaction_id=original,
         )
         # The adapter sends our refund id as the refund's `reference`, which comes back as merchantReference.
-        return _common.refund_event(PROCESSOR, eid, answer, our_refund_id=merchant_reference, occurred_at=occurred_at)
+        return _common.refund_event(
+            PROCESSOR, eid, answer, our_refund_id=merchant_reference, occurred_at=occurred_at, supersedes_failure=supersedes
+        )
 
     def payment(transaction_id: str | None, *, captured: int, status: str, refundable: bool) -> WebhookEvent:
         if transaction_id is None:

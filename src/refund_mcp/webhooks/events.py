@@ -25,6 +25,10 @@ class RefundEvent:
     our_refund_id: str | None = None  # from metadata / reference, when the refund is ours
     failure_reason: str | None = None
     occurred_at: datetime | None = None
+    # The processor's own words (`processor_status`) for an earlier failure of this same refund that this
+    # event overrides when the processor documents that a later outcome replaces it (Adyen: REFUND
+    # success=false, then success=true for the same pspReference). Empty: final states stay final.
+    supersedes_failure: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ queries.balance and queries.daily_totals re-sum refunds on every create_refund; 
 read in the index, both are index-only range scans on SQLite and PostgreSQL. Additive: two indexes.
 
 Revision ID: 0009
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-05 05:20:00.000000
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
