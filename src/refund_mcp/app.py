@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from refund_mcp.domain.models import TransactionInfo
+from refund_mcp.notify.delivery import Notifier
+from refund_mcp.notify.settings import NotifySettings
 from refund_mcp.observability.processors import metered
 from refund_mcp.observability.state import STATE
 from refund_mcp.policy import PolicyHolder, default_policy_path
@@ -57,6 +60,7 @@ class App:
     policy: PolicyHolder
     service: RefundService
     server: RefundMCPServer
+    notifier: Notifier | None = None  # set when REFUND_MCP_NOTIFY_URL or REFUND_MCP_SLACK_WEBHOOK_URL is
 
     @classmethod
     async def create(cls, settings: Settings, *, http: Any = None, migrate: bool = True) -> App:
@@ -89,7 +93,9 @@ class App:
         check_policy_processors(policy, processors)
         service = RefundService(db, processors, policy, settings)
         server = build_server(service, stdio_actor(settings))
-        app = cls(settings, db, processors, policy, service, server)
+        notify_settings = NotifySettings.from_env(os.environ)
+        notifier = Notifier(db, notify_settings, clock=service.clock) if notify_settings.enabled else None
+        app = cls(settings, db, processors, policy, service, server, notifier)
         STATE.attach(app)
         return app
 
@@ -101,5 +107,7 @@ class App:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.policy.reload)
 
     async def aclose(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.aclose()
         await self.processors.aclose()
         await self.db.dispose()

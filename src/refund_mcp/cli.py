@@ -85,7 +85,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
-                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds, stop_worker)
+                tg.start_soon(run_forever, app.service, settings.worker_interval_seconds, stop_worker, app.notifier)
                 if checkpoints is not None:
                     tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop_worker)
             if args.transport == "stdio":
@@ -117,7 +117,7 @@ async def _worker(args: argparse.Namespace) -> int:
     app = await App.create(_settings())
     try:
         if args.once:
-            handled = await run_once(app.service)
+            handled = await run_once(app.service, app.notifier)
             print(f"handled {handled} item(s)", file=sys.stderr)
         else:
             print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
@@ -125,7 +125,26 @@ async def _worker(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 if checkpoints is not None:
                     tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop)
-                await run_forever(app.service, app.settings.worker_interval_seconds, stop)
+                await run_forever(app.service, app.settings.worker_interval_seconds, stop, app.notifier)
+    finally:
+        await app.aclose()
+    return EXIT_OK
+
+
+async def _console(args: argparse.Namespace) -> int:
+    from refund_mcp.app import App
+    from refund_mcp.auth import AuthConfigError
+    from refund_mcp.console.standalone import build_console_app, serve_console
+
+    app = await App.create(_settings())
+    try:
+        try:
+            build_console_app(app, args.host, args.port)  # refuse a bad address or auth setting before serving
+        except AuthConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
+        print(f"refund-mcp console on http://{args.host}:{args.port}/console", file=sys.stderr, flush=True)
+        await serve_console(app, args.host, args.port)
     finally:
         await app.aclose()
     return EXIT_OK
@@ -382,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the retry and status-sync loop alone")
     worker.add_argument("--once", action="store_true", help="one pass, then exit")
 
+    console = sub.add_parser("console", help="serve the approvers' web console alone, on loopback")
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=int, default=8766)
+
     sub.add_parser("demo", help="a scripted walk through every tool against the sandbox processor")
 
     policy = sub.add_parser("policy", help="validate a policy file or print its JSON Schema")
@@ -463,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "console":
+            return asyncio.run(_console(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "policy":
