@@ -147,11 +147,11 @@ def build_http_app(
 
         # Webhooks carry no bearer token: each route verifies its processor's signature over the raw body.
         server._custom_starlette_routes.extend(webhook_routes(app))
-    if "/console" not in registered:
-        from refund_mcp.console.mount import console_routes_for
+    from refund_mcp.console.mount import console_routes_for
 
-        # The approvers' console: its own sign-in (session cookie), never the agents' bearer tokens.
-        server._custom_starlette_routes.extend(console_routes_for(app, config, http=console_http))
+    # The approvers' console: its own sign-in (session cookie), never the agents' bearer tokens. Built
+    # per HTTP app (it depends on this app's auth settings), so not kept on the shared MCP server.
+    console = console_routes_for(app, config, http=console_http)
 
     # The lowlevel builder takes the token verifier and AuthSettings as arguments, so the MCP
     # server built for stdio needs no auth of its own.
@@ -162,7 +162,7 @@ def build_http_app(
         host=host,
         auth=config.settings,
         token_verifier=config.verifier,
-        custom_starlette_routes=server._custom_starlette_routes,
+        custom_starlette_routes=[*server._custom_starlette_routes, *console],
         debug=server.settings.debug,
     )
     if config.enabled:

@@ -204,7 +204,6 @@ async def test_cookie_is_secure_with_host_prefix_off_loopback(app_factory, tmp_p
         config = load_auth_config(
             {"REFUND_MCP_TOKENS": str(tmp_path / "tokens.yaml"), "REFUND_MCP_ALLOWED_HOSTS": "refunds.example.com"}, host="0.0.0.0", port=8765
         )
-        app.server._custom_starlette_routes[:] = [r for r in app.server._custom_starlette_routes if not getattr(r, "path", "").startswith("/console")]
         public = Browser(build_http_app(app, "0.0.0.0", auth=config), base="https://refunds.example.com")
         signed = await public.sign_in(tokens["alice"])
         assert signed.headers["set-cookie"].startswith("__Host-refund_mcp_console=") and "Secure" in signed.headers["set-cookie"]
