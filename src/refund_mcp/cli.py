@@ -304,7 +304,8 @@ async def _approvals(args: argparse.Namespace) -> int:
             for view in rows:
                 print(
                     f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  reason={view.reason}  "
-                    f"by={view.actor}  expires={view.approval.expires_at:%Y-%m-%d %H:%M}Z  ({view.approval.reason})"
+                    f"by={view.actor}  expires={view.approval.expires_at:%Y-%m-%d %H:%M}Z  "
+                    f"approvals={len(view.approval.approved_by)}/{view.approval.approvals_required}  ({view.approval.reason})"
                 )
             return EXIT_OK
         if args.approvals_command == "show":
@@ -514,6 +515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
+    except ValueError as exc:
+        from refund_mcp.console.oidc import OidcConfigError
+        from refund_mcp.notify.settings import NotifyConfigError
+
+        if not isinstance(exc, (NotifyConfigError, OidcConfigError)):
+            raise
+        print(str(exc), file=sys.stderr)  # names the variable, never its value
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
