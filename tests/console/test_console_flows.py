@@ -247,3 +247,20 @@ async def test_json_twins_search_attention_policy_and_audit(app_factory, tmp_pat
         export = await rita.http.get("/console/audit/export")
         assert export.status_code == 200 and export.text.count("\n") == verified.json()["verified_up_to"]
         await rita.aclose()
+
+
+async def test_a_script_with_a_session_decides_through_the_json_twin(app_factory, tmp_path):
+    async with console_world(app_factory, tmp_path) as (app, asgi, tokens), Client(app.server) as agent:
+        parked = await ask(agent, SMALL)
+        alice = Browser(asgi)
+        await alice.sign_in(tokens["alice"])
+        queue = (await alice.http.get("/console", headers={"accept": "application/json"})).json()
+        assert queue["you"]["actor"] == "alice" and "refunds:approve" in queue["you"]["scopes"]
+        decided = await alice.http.post(
+            f"/console/refunds/{parked['refund_id']}/approve",
+            headers={"accept": "application/json", "x-csrf-token": queue["you"]["csrf_token"]},
+        )
+        assert decided.status_code == 200 and decided.json()["status"] == "succeeded"
+        refused = await alice.http.post(f"/console/refunds/{parked['refund_id']}/approve", headers={"accept": "application/json"})
+        assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
+        await alice.aclose()

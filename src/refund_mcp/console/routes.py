@@ -46,7 +46,7 @@ CSP = (
 )
 _STATUS_FOR = {Forbidden: 403, NotSupported: 409, ValidationFailed: 400, RefundNotFound: 404}
 NOTICES = {
-    "approved": "Approved: the refund was sent to the processor.",
+    "approved": "Approved and sent to the processor; the status below is its answer so far.",
     "first_approval": "Your approval is recorded; a second, different approver must approve before it is sent.",
     "denied": "Denied: nothing was refunded and the amount is released.",
     "resolved_failed": "Marked failed: the amount is released.",
@@ -307,7 +307,12 @@ class Console:
     async def queue(self, request: Request) -> Response:
         session = await self._session(request)
         items = await self.queries.approval_queue()
-        return self._page(request, "queue.html", session, {"pending": [item.model_dump(mode="json") for item in items]} if _wants_json(request) else None, items=items)
+        total = await self.queries.pending_count()
+        if _wants_json(request):
+            # The CSRF token too, so a script holding the session can POST decisions (header X-CSRF-Token).
+            you = {"actor": session.actor, "scopes": sorted(session.scopes), "csrf_token": session.csrf_token}
+            return self._page(request, "queue.html", session, {"pending": [item.model_dump(mode="json") for item in items], "total": total, "you": you})
+        return self._page(request, "queue.html", session, None, items=items, total=total)
 
     async def refunds(self, request: Request) -> Response:
         session = await self._session(request)
@@ -350,22 +355,20 @@ class Console:
         return note.strip()[:500]
 
     async def approve(self, request: Request) -> Response:
-        session, form = await self._state_change(request, APPROVE)
-        refund_id = request.path_params["refund_id"]
-        try:
-            view = await self.app.service.approve(refund_id, approver=session.actor, note=self._note(form))
-        except RefundError as exc:
-            return self._refund_error(request, session, exc)
-        return await self._decided(request, refund_id, view, "first_approval" if view.status == "pending_approval" else "approved")
+        return await self._decide(request, self.app.service.approve)
 
     async def deny(self, request: Request) -> Response:
+        return await self._decide(request, self.app.service.deny)
+
+    async def _decide(self, request: Request, decision: Any) -> Response:
         session, form = await self._state_change(request, APPROVE)
         refund_id = request.path_params["refund_id"]
         try:
-            view = await self.app.service.deny(refund_id, approver=session.actor, note=self._note(form))
+            view = await decision(refund_id, approver=session.actor, note=self._note(form))
         except RefundError as exc:
             return self._refund_error(request, session, exc)
-        return await self._decided(request, refund_id, view, "denied")
+        notice = {"cancelled": "denied", "pending_approval": "first_approval"}.get(view.status, "approved")
+        return await self._decided(request, refund_id, view, notice)
 
     async def resolve(self, request: Request) -> Response:
         session, form = await self._state_change(request, APPROVE)

@@ -27,6 +27,8 @@ A = tables.audit_log
 N = tables.notifications
 STATUSES = tuple(status.value for status in RefundStatus)
 MAX_PAGE = 100
+QUEUE_PAGE = 50  # each card reads its payment's balance and refunds: ~3 queries a card
+OTHER_REFUNDS = 10  # a payment's other refunds shown beside one of them (newest first)
 
 
 class PaymentSummary(BaseModel):
@@ -165,24 +167,43 @@ class ConsoleQueries:
 
     # ------------------------------------------------------------- approvals
 
-    async def approval_queue(self, limit: int = MAX_PAGE) -> list[QueueItem]:
+    async def pending_count(self) -> int:
         async with self.db.read() as conn:
-            rows = await queries.list_refunds(
-                conn, status=RefundStatus.PENDING_APPROVAL.value, processor=None, transaction_ids=None,
-                since=None, after=None, limit=min(limit, MAX_PAGE), approval_state="pending",
-            )
-            items = [await self._queue_item(conn, row) for row in reversed(rows)]  # oldest (expiring first) on top
-        return items
+            query = select(func.count()).select_from(R).where(R.c.status == RefundStatus.PENDING_APPROVAL.value, R.c.approval_state == "pending")
+            return int((await conn.execute(query)).scalar_one())
 
-    async def _payment(self, conn: Any, row: Any) -> PaymentSummary | None:
-        txn = await queries.get_transaction(conn, row.transaction_id)
+    async def approval_queue(self, limit: int = QUEUE_PAGE) -> list[QueueItem]:
+        """Oldest first (the first to expire), on the (status, created_at, id) index."""
+        query = (
+            select(R)
+            .where(R.c.status == RefundStatus.PENDING_APPROVAL.value, R.c.approval_state == "pending")
+            .order_by(R.c.created_at, R.c.id)
+            .limit(max(1, min(limit, MAX_PAGE)))
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+            payments: dict[str, PaymentSummary | None] = {}  # several pending refunds often share a payment
+            return [await self._queue_item(conn, row, payments) for row in rows]
+
+    async def _payment(self, conn: Any, transaction_id: str) -> PaymentSummary | None:
+        """The payment with its balance and its latest refunds (OTHER_REFUNDS of them, all of this one's included)."""
+        txn = await queries.get_transaction(conn, transaction_id)
         if txn is None:
             return None
         bal = await queries.balance(conn, txn)
-        others = [self.service._refund_view(other) for other in await queries.refunds_for_transaction(conn, txn.id) if other.id != row.id]
-        return _payment_summary(txn, bal, others)
+        refunds = await queries.refunds_for_transaction(conn, txn.id, limit=OTHER_REFUNDS + 1)
+        return _payment_summary(txn, bal, [self.service._refund_view(other) for other in refunds])
 
-    async def _queue_item(self, conn: Any, row: Any) -> QueueItem:
+    async def _payment_of(self, conn: Any, row: Any, cache: dict[str, PaymentSummary | None]) -> PaymentSummary | None:
+        if row.transaction_id not in cache:
+            cache[row.transaction_id] = await self._payment(conn, row.transaction_id)
+        payment = cache[row.transaction_id]
+        if payment is None:
+            return None
+        others = [other for other in payment.other_refunds if other.refund_id != row.id][:OTHER_REFUNDS]
+        return payment.model_copy(update={"other_refunds": others})
+
+    async def _queue_item(self, conn: Any, row: Any, payments: dict[str, PaymentSummary | None]) -> QueueItem:
         view = self.service._refund_view(row)
         left = None
         if row.approval_expires_at is not None:
@@ -194,7 +215,7 @@ class ConsoleQueries:
             seconds_left=left,
             approvals_required=row.approvals_required or 1,
             approved_by=[row.approval_first_by] if row.approval_first_by else [],
-            payment=await self._payment(conn, row),
+            payment=await self._payment_of(conn, row, payments),
         )
 
     # ------------------------------------------------------------- refunds
@@ -242,8 +263,9 @@ class ConsoleQueries:
         async with self.db.read() as conn:
             row = await self.service._get_row(conn, refund_id)
             records = await audit.trail(conn, refund_id, limit=500)
-            payment = await self._payment(conn, row)
-            queue = await self._queue_item(conn, row) if row.approval_state == "pending" and row.status == RefundStatus.PENDING_APPROVAL.value else None
+            payments: dict[str, PaymentSummary | None] = {}
+            payment = await self._payment_of(conn, row, payments)
+            queue = await self._queue_item(conn, row, payments) if row.approval_state == "pending" and row.status == RefundStatus.PENDING_APPROVAL.value else None
         timeline = [
             TimelineEntry(
                 seq=record["seq"], at=record["at"], actor=record["actor"], action=record["action"], outcome=record["outcome"],
@@ -256,8 +278,13 @@ class ConsoleQueries:
     # ------------------------------------------------------------- needs attention
 
     async def attention(self) -> Attention:
-        stuck = await self.service.stuck_refunds()
         async with self.db.read() as conn:
+            # The same refunds as `refunds stuck` (RefundService.stuck_refunds), a page of them.
+            stuck_rows = (
+                await conn.execute(
+                    select(R).where(R.c.status == RefundStatus.QUEUED.value, R.c.next_attempt_at.is_(None)).order_by(R.c.created_at).limit(MAX_PAGE)
+                )
+            ).all()
             doubt_rows = (
                 await conn.execute(
                     select(R).where(R.c.status == RefundStatus.QUEUED.value, R.c.maybe_sent.is_(True), R.c.next_attempt_at.is_not(None))
@@ -277,7 +304,7 @@ class ConsoleQueries:
 
         breaker = self.service.breaker
         return Attention(
-            stuck=stuck[:MAX_PAGE],
+            stuck=[self.service._refund_view(row) for row in stuck_rows],
             in_doubt=[self.service._refund_view(row) for row in doubt_rows],
             requires_action=[self.service._refund_view(row) for row in action_rows],
             open_circuits=[name for name in self.service.processors.names() if breaker.is_open(name)],
