@@ -51,6 +51,10 @@ class Clock:
     def __call__(self) -> datetime:
         return self.now
 
+    def catch_up(self) -> None:
+        """Events are stamped with the real time they happened: start delivering just after that."""
+        self.now = datetime.now(UTC) + timedelta(seconds=1)
+
 
 def notifier_for(app, receivers, clock, *, slack: bool = True) -> Notifier:
     env = {"REFUND_MCP_NOTIFY_URL": HOOK_URL, "REFUND_MCP_NOTIFY_SECRET": SECRET, "REFUND_MCP_CONSOLE_URL": "https://refunds.example.com/console"}
@@ -75,6 +79,7 @@ async def test_receiver_down_then_up_gets_each_event_exactly_once_and_signed(app
         [row] = await outbox(app)
         assert row.type == "refund.approval_requested" and row.refund_id == parked["refund_id"]
 
+        clock.catch_up()
         assert await notifier.deliver_due() == 1
         assert receivers.received["webhook"] == [] and len(receivers.received["slack"]) == 1
         [row] = await outbox(app)
@@ -117,6 +122,7 @@ async def test_decisions_and_second_approvers_are_announced(app_factory):
         parked = (await agent.call_tool("create_refund", LARGE)).structured_content
         await app.service.approve(parked["refund_id"], approver="alice")
         await app.service.approve(parked["refund_id"], approver="bob")
+        clock.catch_up()
         await run_once(app.service, notifier)  # the worker's pass delivers them
         bodies = [json.loads(r.content) for r in receivers.received["webhook"]]
         assert [(b["type"], b["actor"]) for b in bodies] == [
@@ -152,3 +158,16 @@ def test_settings_refuse_a_url_without_secret_and_never_echo_secrets():
     assert "%%%" not in str(caught.value)
     settings = NotifySettings.from_env({"REFUND_MCP_SLACK_WEBHOOK_URL": SLACK_URL})
     assert settings.enabled and SLACK_URL not in repr(settings)
+
+
+async def test_events_from_before_notifications_were_configured_are_not_sent_a_week_late(app_factory):
+    receivers, clock = Receivers(), Clock()
+    async with app_factory(policy=POLICY, actor=AGENT) as app, Client(app.server) as agent:
+        await agent.call_tool("create_refund", SMALL)
+        clock.now = datetime.now(UTC) + timedelta(days=8)
+        notifier = notifier_for(app, receivers, clock)
+        assert await notifier.deliver_due() == 1
+        assert receivers.received == {"webhook": [], "slack": []}
+        [row] = await outbox(app)
+        assert row.next_attempt_at is None and row.delivered_at is None and "older than 7 days" in row.last_error
+        await notifier.aclose()

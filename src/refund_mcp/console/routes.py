@@ -396,10 +396,13 @@ class Console:
     async def policy_check(self, request: Request) -> Response:
         # A dry run moves nothing, but it is audited as the human's policy check: a POST with CSRF.
         session, form = await self._state_change(request, READ)
+        def field(name: str) -> str:
+            value = form.get(name)
+            return value.strip() if isinstance(value, str) else ""
+
         try:
-            amount = _int(form.get("amount_minor") if isinstance(form.get("amount_minor"), str) else None, "amount_minor")
             check = await self.app.service.check_refund_policy(
-                session.actor, str(form.get("transaction_id") or ""), str(form.get("reason") or ""), amount, (str(form.get("currency")) or None) if form.get("currency") else None
+                session.actor, field("transaction_id"), field("reason"), _int(field("amount_minor"), "amount_minor"), field("currency") or None
             )
         except RefundError as exc:
             if _wants_json(request):

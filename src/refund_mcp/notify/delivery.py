@@ -27,6 +27,9 @@ N = tables.notifications
 RETRY_BASE_SECONDS = 10.0
 RETRY_MAX_SECONDS = 3600.0
 CLAIM_SECONDS = 60.0
+# An event never tried this long after it happened was written while no channel was configured:
+# announcing week-old approvals the day notifications are turned on would only mislead.
+STALE_AFTER = timedelta(days=7)
 TIMEOUT_SECONDS = 10.0
 
 
@@ -186,6 +189,9 @@ class Notifier:
         claim = now + timedelta(seconds=CLAIM_SECONDS)
         rows = await self._claim(now, claim, limit)
         for row in rows:
+            if row.attempts == 0 and row.created_at < now - STALE_AFTER:
+                await self._record(row, now, claim, set(), [], skipped=True)
+                continue
             body = json.loads(row.body)
             body["console_url"] = console_link(self.settings, body)
             done = {name for name in row.delivered_channels.split(",") if name}
@@ -202,9 +208,11 @@ class Notifier:
             await self._record(row, now, claim, done, errors)
         return len(rows)
 
-    async def _record(self, row: Any, now: datetime, claim: datetime, done: set[str], errors: list[str]) -> None:
+    async def _record(self, row: Any, now: datetime, claim: datetime, done: set[str], errors: list[str], *, skipped: bool = False) -> None:
         values: dict[str, Any] = {"delivered_channels": ",".join(sorted(done)), "claimed_until": None, "attempts": row.attempts + 1}
-        if errors:
+        if skipped:
+            values |= {"last_error": "not sent: older than 7 days when first picked up", "next_attempt_at": None}
+        elif errors:
             values |= {"last_error": "; ".join(errors), "next_attempt_at": now + timedelta(seconds=backoff_seconds(row.attempts + 1))}
             logger.warning("notification %s (%s) not delivered, retrying: %s", row.id, row.type, values["last_error"])
         else:

@@ -324,10 +324,7 @@ class ConsoleQueries:
                     .where(R.c.policy_version.is_not(None)).group_by(R.c.policy_version)
                 )
             ).all()
-        seen = [
-            PolicyVersionSeen(version=version, refunds=count, first_seen=tables.UTCDateTime().process_result_value(first, None), last_seen=tables.UTCDateTime().process_result_value(last, None))  # type: ignore[arg-type]
-            for version, count, first, last in rows
-        ]
+        seen = [PolicyVersionSeen(version=version, refunds=count, first_seen=first, last_seen=last) for version, count, first, last in rows]
         seen.sort(key=lambda item: item.last_seen, reverse=True)
         return PolicyInfo(path=holder.path, version=engine.version, text=engine.loaded.text, last_reload_error=holder.last_error, versions_seen=seen)
 
