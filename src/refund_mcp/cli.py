@@ -73,10 +73,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.transport == "http":
         from refund_mcp.auth import AuthConfigError, load_auth_config, refuse_open_exposure
 
+        from refund_mcp.console.oidc import OidcConfig, OidcConfigError
+
         try:
             http_auth = load_auth_config(os.environ, host=args.host, port=args.port)
             refuse_open_exposure(args.host, http_auth)
-        except AuthConfigError as exc:
+            OidcConfig.from_env(os.environ)  # the console's SSO: refuse a half-configured one before serving
+        except (AuthConfigError, OidcConfigError) as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_USAGE
     app = await App.create(settings)
