@@ -174,6 +174,8 @@ async def test_deny_in_the_browser(world, browser):
     parked = await agent_asks(world, {**SMALL, "transaction_id": "sandbox:demo_usd_large", "amount_minor": 5500})
     page = await signed_in(browser, world, "bob", width=390)  # a phone
     card = card_of(page, parked["refund_id"])
+    await card.scroll_into_view_if_needed()
+    await screenshot(page, "console-phone.png")
     await card.get_by_role("button", name="Deny").click()
     await page.wait_for_url("**notice=denied")
     assert (await agent_status(world, parked["refund_id"]))["status"] == "cancelled"

@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 
 from mcp import Client
+from refund_mcp.service.console import ConsoleQueries, RefundFilter
 from refund_mcp.service.refunds import RefundInput
 from refund_mcp.store import tables
-from tests.console.support import AGENT, LARGE, SMALL, Browser, console_world
+from tests.console.support import AGENT, LARGE, POLICY, SMALL, Browser, console_world
 
 pytestmark = pytest.mark.anyio
 
@@ -264,3 +265,20 @@ async def test_a_script_with_a_session_decides_through_the_json_twin(app_factory
         refused = await alice.http.post(f"/console/refunds/{parked['refund_id']}/approve", headers={"accept": "application/json"})
         assert refused.status_code == 403 and "CSRF" in refused.json()["error"]
         await alice.aclose()
+
+
+@pytest.mark.postgres
+async def test_two_person_approval_and_its_notifications_on_postgresql(app_factory, pg_database):
+    async with app_factory(db_url=pg_database, policy=POLICY, actor=AGENT) as app, Client(app.server) as agent:
+        parked = await ask(agent, LARGE)
+        first = await app.service.approve(parked["refund_id"], approver="alice")
+        assert first.status == "pending_approval" and first.approval.approved_by == ["alice"]
+        done = await app.service.approve(parked["refund_id"], approver="bob")
+        assert done.status == "succeeded" and done.approval.approved_by == ["alice", "bob"]
+        from sqlalchemy import select
+
+        async with app.db.read() as conn:
+            kinds = (await conn.execute(select(tables.notifications.c.type).order_by(tables.notifications.c.audit_seq))).scalars().all()
+        assert kinds == ["refund.approval_requested", "refund.approval_requested", "refund.approval_decided"]
+        page = await ConsoleQueries(app.service).search(RefundFilter(status="succeeded", amount_min=60000))
+        assert [r.refund_id for r in page.refunds] == [parked["refund_id"]]
