@@ -20,6 +20,7 @@ from refund_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from refund_mcp.domain.models import TransactionInfo
+    from refund_mcp.notify.delivery import Notifier
     from refund_mcp.processors.registry import ProcessorRegistry
     from refund_mcp.service.refunds import RefundService
     from refund_mcp.store.database import Database
@@ -79,6 +80,7 @@ class App:
     policy: PolicyHolder
     service: RefundService
     server: RefundMCPServer
+    notifier: Notifier | None = None  # set when REFUND_MCP_NOTIFY_URL or REFUND_MCP_SLACK_WEBHOOK_URL is
 
     @classmethod
     async def create(
@@ -131,12 +133,13 @@ class App:
             service = RefundService(db, processors, policy, settings)
             if server is None:
                 server = build_server(service, stdio_actor(settings))
+            notifier = _notifier(db, service)
         except BaseException:
             # A refused start must not leave the database engine (and its worker thread) or clients open.
             await processors.aclose()
             await db.dispose()
             raise
-        app = cls(settings, db, processors, policy, service, server)
+        app = cls(settings, db, processors, policy, service, server, notifier)
         STATE.attach(app)
         return app
 
@@ -145,8 +148,21 @@ class App:
         _reload_policy_on_sighup(self.policy)
 
     async def aclose(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.aclose()
         await self.processors.aclose()
         await self.db.dispose()
+
+
+def _notifier(db: Database, service: RefundService) -> Notifier | None:
+    """The notification deliverer, when REFUND_MCP_NOTIFY_URL or REFUND_MCP_SLACK_WEBHOOK_URL is set."""
+    import os
+
+    from refund_mcp.notify.delivery import Notifier
+    from refund_mcp.notify.settings import NotifySettings
+
+    notify_settings = NotifySettings.from_env(os.environ)
+    return Notifier(db, notify_settings, clock=service.clock) if notify_settings.enabled else None
 
 
 class LazyApp:

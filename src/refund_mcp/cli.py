@@ -70,10 +70,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.transport == "http":
         from refund_mcp.auth import AuthConfigError, load_auth_config, refuse_open_exposure
 
+        from refund_mcp.console.oidc import OidcConfig, OidcConfigError
+
         try:
             http_auth = load_auth_config(os.environ, host=args.host, port=args.port)
             refuse_open_exposure(args.host, http_auth)
-        except AuthConfigError as exc:
+            OidcConfig.from_env(os.environ)  # the console's SSO: refuse a half-configured one before serving
+        except (AuthConfigError, OidcConfigError) as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_USAGE
     # The policy and the accounts it names are checked now; the database and the processors on the first
@@ -91,7 +94,7 @@ async def _serve(args: argparse.Namespace) -> int:
                     async with anyio.create_task_group() as jobs:
                         if checkpoints is not None:
                             jobs.start_soon(run_checkpoints, built.db.engine, checkpoints, stop_worker)
-                        await run_forever(built.service, settings.worker_interval_seconds, stop_worker)
+                        await run_forever(built.service, settings.worker_interval_seconds, stop_worker, built.notifier)
 
                 tg.start_soon(app.run_worker, work, settings.worker_interval_seconds, stop_worker)
             if args.transport == "stdio":
@@ -123,7 +126,7 @@ async def _worker(args: argparse.Namespace) -> int:
     app = await App.create(_settings())
     try:
         if args.once:
-            handled = await run_once(app.service)
+            handled = await run_once(app.service, app.notifier)
             print(f"handled {handled} item(s)", file=sys.stderr)
         else:
             print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
@@ -131,7 +134,26 @@ async def _worker(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 if checkpoints is not None:
                     tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop)
-                await run_forever(app.service, app.settings.worker_interval_seconds, stop)
+                await run_forever(app.service, app.settings.worker_interval_seconds, stop, app.notifier)
+    finally:
+        await app.aclose()
+    return EXIT_OK
+
+
+async def _console(args: argparse.Namespace) -> int:
+    from refund_mcp.app import App
+    from refund_mcp.auth import AuthConfigError
+    from refund_mcp.console.standalone import build_console_app, serve_console
+
+    app = await App.create(_settings())
+    try:
+        try:
+            build_console_app(app, args.host, args.port)  # refuse a bad address or auth setting before serving
+        except AuthConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
+        print(f"refund-mcp console on http://{args.host}:{args.port}/console", file=sys.stderr, flush=True)
+        await serve_console(app, args.host, args.port)
     finally:
         await app.aclose()
     return EXIT_OK
@@ -299,7 +321,8 @@ async def _approvals(args: argparse.Namespace) -> int:
                 when = "EXPIRED" if service.approval_is_expired(view.approval) else "expires"
                 print(
                     f"{view.refund_id}  {view.amount_display:>14}  {view.transaction_id}  reason={view.reason}  "
-                    f"by={view.actor}  {when}={view.approval.expires_at:%Y-%m-%d %H:%M}Z  ({view.approval.reason})"
+                    f"by={view.actor}  {when}={view.approval.expires_at:%Y-%m-%d %H:%M}Z  "
+                    f"approvals={len(view.approval.approved_by)}/{view.approval.approvals_required}  ({view.approval.reason})"
                 )
             return EXIT_OK
         if args.approvals_command == "show":
@@ -400,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the retry and status-sync loop alone")
     worker.add_argument("--once", action="store_true", help="one pass, then exit")
 
+    console = sub.add_parser("console", help="serve the approvers' web console alone, on loopback")
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=int, default=8766)
+
     sub.add_parser("demo", help="a scripted walk through every tool against the sandbox processor")
 
     policy = sub.add_parser("policy", help="validate a policy file or print its JSON Schema")
@@ -480,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "console":
+            return asyncio.run(_console(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "policy":
@@ -503,6 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolicyFileError as exc:
         print(f"invalid policy: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except ValueError as exc:
+        from refund_mcp.console.oidc import OidcConfigError
+        from refund_mcp.notify.settings import NotifyConfigError
+
+        if not isinstance(exc, (NotifyConfigError, OidcConfigError)):
+            raise
+        print(str(exc), file=sys.stderr)  # names the variable, never its value
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The streamable-HTTP app: MCP at /mcp, plus /healthz and /metrics (and the webhook routes).
+"""The streamable-HTTP app: MCP at /mcp, plus /healthz and /metrics, the webhook routes and the console.
 
 What a request meets, outermost first:
 
@@ -8,7 +8,8 @@ What a request meets, outermost first:
           SDK RequireAuth    no valid token -> 401 with WWW-Authenticate
           SDK transport      body over MAX_REQUEST_BODY_BYTES -> 413; foreign Host -> 421, Origin -> 403
 
-/healthz, /metrics and custom routes (webhooks, which verify processor signatures) need no token.
+/healthz, /metrics and custom routes (webhooks, which verify processor signatures) need no token;
+/console has its own sign-in (console/routes.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp.server.transport_security import TransportSecuritySettings
-from refund_mcp.auth import ALL_SCOPES, TOOL_SCOPES, AuthConfig, load_auth_config, refuse_open_exposure
+from refund_mcp.auth import MCP_SCOPES, TOOL_SCOPES, AuthConfig, load_auth_config, refuse_open_exposure
 from refund_mcp.auth.gate import Refusal, ScopeGate
 from refund_mcp.auth.url_tokens import RejectTokensInUrl
 
@@ -92,13 +93,15 @@ def _advertise_scopes(starlette_app: Starlette, config: AuthConfig) -> None:
     routes = create_protected_resource_routes(
         resource_url=config.settings.resource_server_url,
         authorization_servers=[config.settings.issuer_url],
-        scopes_supported=list(ALL_SCOPES),
+        scopes_supported=list(MCP_SCOPES),
         resource_name="refund-mcp",
     )
     starlette_app.router.routes[0:0] = routes
 
 
-def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth: AuthConfig | None = None) -> Starlette:
+def build_http_app(
+    app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth: AuthConfig | None = None, console_http: Any = None
+) -> Starlette:
     """A Starlette app for `app` (refund_mcp.app.App).
 
     `auth` defaults to the environment (load_auth_config). Auth belongs to the HTTP transport only,
@@ -144,6 +147,11 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
 
         # Webhooks carry no bearer token: each route verifies its processor's signature over the raw body.
         server._custom_starlette_routes.extend(webhook_routes(app))
+    from refund_mcp.console.mount import console_routes_for
+
+    # The approvers' console: its own sign-in (session cookie), never the agents' bearer tokens. Built
+    # per HTTP app (it depends on this app's auth settings), so not kept on the shared MCP server.
+    console = console_routes_for(app, config, http=console_http)
 
     # The lowlevel builder takes the token verifier and AuthSettings as arguments, so the MCP
     # server built for stdio needs no auth of its own.
@@ -154,7 +162,7 @@ def build_http_app(app: Any, host: str = "127.0.0.1", *, port: int = 8765, auth:
         host=host,
         auth=config.settings,
         token_verifier=config.verifier,
-        custom_starlette_routes=server._custom_starlette_routes,
+        custom_starlette_routes=[*server._custom_starlette_routes, *console],
         debug=server.settings.debug,
     )
     if config.enabled:

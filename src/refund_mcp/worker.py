@@ -1,4 +1,4 @@
-"""The background loop: retries queued refunds, syncs pending ones, expires approvals.
+"""The background loop: retries queued refunds, syncs pending ones, expires approvals, delivers notifications.
 
 It runs inside `refund-mcp serve` and alone as `refund-mcp worker`. Several workers (on several
 replicas) share the work safely: a refund is claimed with a lease and a fencing token before it is
@@ -19,28 +19,34 @@ import anyio
 from refund_mcp.domain.errors import RefundError
 
 if TYPE_CHECKING:  # serve imports this module at start, before the service layer is needed
+    from refund_mcp.notify.delivery import Notifier
     from refund_mcp.service.refunds import RefundService
 
 logger = logging.getLogger("refund_mcp.worker")
 
 
-async def run_once(service: RefundService) -> int:
+async def run_once(service: RefundService, notifier: Notifier | None = None) -> int:
     """One pass over all the work that is due; returns how many items were handled."""
     handled = await service.process_due()
     handled += await service.sync_statuses()
     expire = getattr(service, "expire_approvals", None)
     if expire is not None:
         handled += await expire()
+    if notifier is not None:
+        # Last: this pass's own changes (expired approvals, failures) go out in the same pass.
+        handled += await notifier.deliver_due()
     return handled
 
 
-async def run_forever(service: RefundService, interval_seconds: float, stop: anyio.Event | None = None) -> None:
+async def run_forever(
+    service: RefundService, interval_seconds: float, stop: anyio.Event | None = None, notifier: Notifier | None = None
+) -> None:
     """Loop until `stop` is set. Stopping waits for the pass in progress: cancelling one mid-transaction
     would leave a database connection closing with nobody awaiting it (and the process hanging at exit)."""
     stop = stop or anyio.Event()
     while not stop.is_set():
         try:
-            handled = await run_once(service)
+            handled = await run_once(service, notifier)
         except RefundError as exc:
             logger.warning("worker pass failed: %s", exc)
             handled = 0

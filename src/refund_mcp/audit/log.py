@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from refund_mcp.audit.chain import ChainWalker, StoredRecord, VerifyResult, canonical_json, record_hash
 from refund_mcp.audit.redact import redact
+from refund_mcp.notify.outbox import enqueue_for
 from refund_mcp.store import tables
 
 
@@ -72,6 +73,9 @@ async def append(conn: AsyncConnection, entry: AuditEntry) -> int:
         )
     )
     await conn.execute(update(tables.audit_head).where(tables.audit_head.c.id == 1).values(seq=seq, hash=digest))
+    # Records a human must hear about (approval wanted, decided, stuck, failed) also go to the
+    # notifications outbox, in this same transaction.
+    await enqueue_for(conn, seq=seq, at=entry.at, actor=entry.actor, action=entry.action, target=entry.target, outcome=entry.outcome, detail=entry.detail)
     return seq
 
 

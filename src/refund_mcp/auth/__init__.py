@@ -1,6 +1,6 @@
 """Who may call what over HTTP: bearer tokens and the scopes they carry.
 
-    scopes.py       the two scopes, what each MCP call needs, and `require_scope` (the check inside tools)
+    scopes.py       the scopes (read, write for agents; approve for the console), what each MCP call needs, and `require_scope` (the check inside tools)
     tokens_file.py  the REFUND_MCP_TOKENS file: SHA-256 hashes of tokens, each with an actor and scopes
     static.py       a TokenVerifier over that file (constant-time comparison, reloads when the file changes)
     jwks.py         an issuer's signing keys (JWKS), fetched and cached
@@ -16,7 +16,7 @@ stdio has no transport auth: there the caller's identity comes from REFUND_MCP_A
 
 from typing import Any
 
-from refund_mcp.auth.scopes import ALL_SCOPES, READ, TOOL_SCOPES, WRITE, require_scope
+from refund_mcp.auth.scopes import ALL_SCOPES, APPROVE, MCP_SCOPES, READ, TOOL_SCOPES, WRITE, require_scope
 
 _CONFIG_NAMES = frozenset({"AuthConfig", "AuthConfigError", "is_loopback", "load_auth_config", "refuse_open_exposure"})
 
@@ -33,6 +33,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ALL_SCOPES",
+    "APPROVE",
+    "MCP_SCOPES",
     "READ",
     "TOOL_SCOPES",
     "WRITE",

@@ -7,7 +7,7 @@ refuses again from the caller's access token, so a gap in the gate cannot move m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -18,7 +18,17 @@ READ = "refunds:read"
 WRITE = "refunds:write"
 # Acting on other actors' refunds (cancelling them): never implied by refunds:write.
 OPERATE = "refunds:operate"
-ALL_SCOPES = (READ, WRITE, OPERATE)
+# The approvers' console: decide approvals and resolve stuck refunds. No MCP tool needs it.
+APPROVE = "refunds:approve"
+ALL_SCOPES = (READ, WRITE, OPERATE, APPROVE)
+MCP_SCOPES = (READ, WRITE, OPERATE)  # what MCP clients may ask an issuer for
+
+
+def is_agent(scopes: Collection[str]) -> bool:
+    """A token that may create refunds belongs to an agent (or a program acting for one), never to an
+    approver: it never gets a console session, and no token may both write and approve, so whoever
+    asks for money can never be the one who lets it go."""
+    return WRITE in scopes
 
 TOOL_SCOPES: Mapping[str, str] = MappingProxyType(
     {

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from refund_mcp.auth.actors import ACTOR_PATTERN, is_reserved_actor
-from refund_mcp.auth.scopes import ALL_SCOPES
+from refund_mcp.auth.scopes import ALL_SCOPES, APPROVE, WRITE
 
 TOKEN_PREFIX = "rmcp_"
 FILE_MODE = 0o600
@@ -32,7 +32,7 @@ _HEADER = (
     "# Managed with `refund-mcp tokens add|list|revoke`; keep this file private (mode 0600).\n"
 )
 
-Scope = Literal["refunds:read", "refunds:write", "refunds:operate"]
+Scope = Literal["refunds:read", "refunds:write", "refunds:operate", "refunds:approve"]
 
 
 class TokensFileError(ValueError):
@@ -85,6 +85,11 @@ def parse_scopes(text: str) -> tuple[str, ...]:
         raise TokensFileError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(ALL_SCOPES)}")
     if not scopes:
         raise TokensFileError(f"give at least one scope: {', '.join(ALL_SCOPES)}")
+    if WRITE in scopes and APPROVE in scopes:
+        raise TokensFileError(
+            f"a token cannot have both {WRITE} (an agent's: asks for refunds) and {APPROVE} (a human approver's); "
+            "mint one token for each"
+        )
     return tuple(scopes)
 
 

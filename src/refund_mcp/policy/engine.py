@@ -98,6 +98,7 @@ class RuleResult:
     name: str
     outcome: Outcome
     detail: str
+    approvers: int = 1  # for an approval threshold that asked: how many different humans must approve
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,11 @@ class Decision:
     def deciding(self) -> tuple[RuleResult, ...]:
         """The evaluated settings whose outcome is the decision's outcome."""
         return tuple(result for result in self.rules if result.outcome == self.outcome)
+
+    @property
+    def approvers_required(self) -> int:
+        """For NEEDS_APPROVAL: the most approvers any setting that asked for approval wants (strictest wins)."""
+        return max((result.approvers for result in self.deciding if result.outcome is Outcome.NEEDS_APPROVAL), default=1)
 
     def explain(self) -> str:
         """The deciding settings as one line ("name: detail; name: detail"), for error messages."""
@@ -222,9 +228,14 @@ def _source_checks(source: Overrides, prefix: str, request: PolicyRequest, *, to
             "confirmation threshold",
         )
     if source.approval is not None:
-        yield _threshold_check(
+        result = _threshold_check(
             source.approval.above, f"{prefix}approval.above", request, Outcome.NEEDS_APPROVAL, "approval threshold"
         )
+        if result.outcome is Outcome.NEEDS_APPROVAL and source.approval.approvers > 1:
+            result = RuleResult(
+                result.name, result.outcome, f"{result.detail}, by {source.approval.approvers} different approvers", source.approval.approvers
+            )
+        yield result
 
 
 def _limit_checks(limits: Limits, prefix: str, request: PolicyRequest, *, top_level: bool) -> Iterator[RuleResult]:

@@ -155,7 +155,16 @@ class Threshold(_PolicyModel):
     )
 
 
-class ApprovalSettings(Threshold):
+class ApprovalThreshold(Threshold):
+    """Refunds above these amounts wait for human approval, by one person or two different people."""
+
+    approvers: Annotated[int, Field(strict=True, ge=1, le=2)] = Field(
+        default=1,
+        description="How many different humans must approve (2: two-person approval); the requester never counts.",
+    )
+
+
+class ApprovalSettings(ApprovalThreshold):
     """Top-level approval settings; only here may the approval lifetime be set."""
 
     expires_after_hours: Annotated[int, Field(strict=True, gt=0)] = Field(
@@ -173,7 +182,7 @@ class Overrides(_PolicyModel):
     confirmation: Threshold | None = Field(
         default=None, description="Ask the human in the MCP client to confirm refunds above these amounts."
     )
-    approval: Threshold | None = Field(
+    approval: ApprovalThreshold | None = Field(
         default=None, description="Park refunds above these amounts as pending_approval for a human approver."
     )
     duplicate_window_seconds: Count | None = Field(

@@ -1,7 +1,9 @@
 """Human approval of refunds parked as `pending_approval`: list, approve, deny, expire.
 
 An approval sends the refund through the normal submission path (same idempotency key).
-The actor who asked for a refund can never approve it.
+The actor who asked for a refund can never approve it. Where the policy asks for two approvers
+(`approval: {above: …, approvers: 2}`), the first approval is recorded on the refund and a second,
+different person must approve before it is sent; both are audited.
 
 Expiry is checked when a decision is taken, not only by the worker's sweep: a decision on a refund
 whose approval has expired expires it there and then (cancelled, released, audited) and is refused,
@@ -39,25 +41,55 @@ class ApprovalsMixin:
         return approver
 
     async def approve(self, refund_id: str, *, approver: str, note: str | None = None) -> views.RefundView:
-        """Approve and submit a parked refund. Raises Forbidden (own refund), NotSupported (not waiting,
-        or its approval expired: then it is expired now, released and audited)."""
+        """Approve, or record the first of two approvals (two-person approval): the refund then stays
+        `pending_approval` until a second, different person approves. The requester never counts.
+        Raises Forbidden (own refund, or the same person twice), NotSupported (not waiting, or its approval
+        expired: then it is expired now, released and audited)."""
         approver = self._check_approver(approver)
         now = self.clock()
+        waiting: views.RefundView | None = None
+        claimed = None
         async with self.db.write() as conn:
             row = await self._get_row(conn, refund_id)
             self._check_pending(row)
             expired = await self._expire_if_due(conn, row, now, attempted_by=approver, attempted="approve")
-            self_approval = expired is None and row.actor == approver
-            if self_approval:
+            refusal = None if expired is not None else self._approval_refusal(row, approver)
+            if refusal is not None:
                 # Recorded, then refused outside the transaction so the record commits.
-                await audit.append(conn, AuditEntry(actor=approver, action="approval.refused", target=refund_id, outcome="denied", error_code="forbidden", detail={"why": "self-approval"}))
+                await audit.append(conn, AuditEntry(actor=approver, action="approval.refused", target=refund_id, outcome="denied", error_code=refusal[1].code, detail={"why": refusal[0]}))
+            elif expired is None and (row.approvals_required or 1) > 1 and row.approval_first_by is None:
+                await queries.update_refund(
+                    conn, refund_id, approval_first_by=approver, approval_first_at=now, approval_first_note=note, updated_at=now
+                )
+                await audit.append(
+                    conn,
+                    AuditEntry(
+                        actor=approver, action="approval.recorded", target=refund_id, outcome=RefundStatus.PENDING_APPROVAL.value,
+                        detail={"note": note, "approvals": 1, "approvals_required": row.approvals_required},
+                    ),
+                )
+                waiting = self._refund_view(await queries.get_refund(conn, refund_id))
             elif expired is None:
                 claimed = await self._mark_approved(conn, refund_id, approver, note, now)
         if expired is not None:
             raise expired
-        if self_approval:
-            raise Forbidden(f"{approver} asked for refund {refund_id} and cannot approve it; another person must")
+        if refusal is not None:
+            raise refusal[1]
+        if waiting is not None:
+            waiting.message = f"Approved by {approver}; a second approver (not {approver}, not {row.actor}) must approve before it is sent."
+            return waiting
         return await self._submit(refund_id, caller=approver, claimed=claimed)
+
+    @staticmethod
+    def _approval_refusal(row: Any, approver: str) -> tuple[str, RefundError] | None:
+        """Why `approver` may not approve this pending refund (expiry is checked apart), or None."""
+        if row.actor == approver:
+            return "self-approval", Forbidden(f"{approver} asked for refund {row.id} and cannot approve it; another person must")
+        if row.approval_first_by == approver:
+            return "second-approval-by-same-person", Forbidden(
+                f"{approver} already approved refund {row.id}; two-person approval needs a different second approver"
+            )
+        return None
 
     async def _mark_approved(self, conn, refund_id: str, approver: str, note: str | None, now):  # type: ignore[no-untyped-def]
         """Queue the approved refund claimed by this call (a new fencing token); returns the claimed row."""

@@ -715,6 +715,7 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                     "approval_state": "pending",
                     "approval_reason": why,
                     "approval_expires_at": now + timedelta(seconds=engine.approval_ttl_seconds()),
+                    "approvals_required": decision.approvers_required if decision.outcome is Outcome.NEEDS_APPROVAL else 1,
                 }
                 message = (
                     f"Waiting for a human approver ({why}). The amount is reserved. "
@@ -1097,6 +1098,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 decided_at=row.approval_decided_at,
                 note=row.approval_note,
                 expires_at=row.approval_expires_at,
+                approvals_required=row.approvals_required or 1,
+                approved_by=[name for name in (row.approval_first_by, row.approval_decided_by if row.approval_state == "approved" else None) if name],
             )
         retry = None
         if row.status == RefundStatus.QUEUED.value or row.attempts > 1 or row.last_error:

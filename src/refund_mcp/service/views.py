@@ -39,6 +39,8 @@ class ApprovalInfo(BaseModel):
     decided_at: datetime | None = None
     note: UntrustedText = Field(None, description="The approver's note." + _DATA)
     expires_at: datetime | None = None
+    approvals_required: int = Field(1, description="Different humans who must approve (2: two-person approval).")
+    approved_by: list[str] = Field(default_factory=list, description="Who has approved so far.")
 
 
 class RefundView(BaseModel):

@@ -114,6 +114,12 @@ refunds = Table(
     Column("approval_decided_at", UTCDateTime),
     Column("approval_note", Text),
     Column("approval_expires_at", UTCDateTime),
+    # Two-person approval: how many different humans must approve, and the first one's vote while
+    # the refund waits for the second (added in schema version 5).
+    Column("approvals_required", Integer),
+    Column("approval_first_by", String(200)),
+    Column("approval_first_at", UTCDateTime),
+    Column("approval_first_note", Text),
     Column("policy_version", String(40)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
@@ -139,6 +145,9 @@ Index(
     refunds.c.actor,
     refunds.c.amount_minor,
 )
+# The console's filters: each is an equality on a leading column, then the keyset order.
+Index("ix_refunds_status_created", refunds.c.status, refunds.c.created_at, refunds.c.id)
+Index("ix_refunds_processor_created", refunds.c.processor, refunds.c.created_at, refunds.c.id)
 
 idempotency_keys = Table(
     "idempotency_keys",
@@ -197,3 +206,39 @@ webhook_events = Table(
     Column("event_id", String(200), primary_key=True),
     Column("received_at", UTCDateTime, nullable=False),
 )
+
+# Outbox of notifications to humans (webhook, Slack), written in the transaction of the state change
+# it announces and delivered by the worker; `id` is the stable `webhook-id` receivers deduplicate on.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("type", String(40), nullable=False),
+    Column("refund_id", String(32)),
+    Column("audit_seq", BigInteger),
+    Column("body", Text, nullable=False),  # canonical JSON, no secrets
+    Column("created_at", UTCDateTime, nullable=False),
+    # Channels (webhook, slack) already delivered, comma-separated: a retry resends only the others.
+    Column("delivered_channels", String(100), nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTCDateTime),  # null once delivered everywhere
+    Column("claimed_until", UTCDateTime),
+    Column("delivered_at", UTCDateTime),
+)
+Index("ix_notifications_due", notifications.c.next_attempt_at)
+
+# Console sign-ins. Only a hash of the session id is stored: a leaked table opens no session.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("actor", String(200), nullable=False),
+    Column("scopes", String(200), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("via", String(20), nullable=False),  # token | sso
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+Index("ix_console_sessions_expires", console_sessions.c.expires_at)
