@@ -144,7 +144,8 @@ async def test_an_expired_approval_cannot_be_approved(app_factory, tmp_path):
         await expire_now(app, parked["refund_id"])  # its hour is over, and the worker has not run yet
         refused = await alice.http.post(f"/console/refunds/{parked['refund_id']}/approve", data={"csrf_token": token})
         assert refused.status_code == 409 and "expired" in refused.text
-        assert (await status_of(agent, parked["refund_id"]))["status"] == "pending_approval"
+        # The decision came after the deadline: the refund is expired there and then, its amount released.
+        assert (await status_of(agent, parked["refund_id"]))["status"] == "cancelled"
         await alice.aclose()
 
 
