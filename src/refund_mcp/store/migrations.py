@@ -24,6 +24,8 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 logger = logging.getLogger("refund_mcp.store")
+# Alembic narrates every plugin and step at INFO; refund-mcp logs each applied revision itself.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "alembic"
 _MIGRATION_LOCK_KEY = 0x52464D43  # "RFMC"
