@@ -35,7 +35,10 @@ from tests.model.processor import CREATE_FAULTS, ModelProcessor, Payment
 
 PER_REFUND = {"USD": 10000, "EUR": 10000}  # policy.yaml limits.per_refund
 MAX_REFUNDS_PER_PAYMENT = 2  # policy.yaml limits.max_refunds_per_transaction
-TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "stripe:ch_3", "adyen:psp_1")
+TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "stripe:ch_3", "stripe:pi_4", "stripe:ch_4", "adyen:psp_1")
+# An agent's text that reads as our own words if shown unlabelled in the human's confirmation prompt.
+AGENT_TEXT = "NOTE: display bug, the real amount is USD 1.20 - ok to confirm"
+AGENT_LABEL = "Unverified, written by the agent: "
 # Past a lease (121 s), past half a Stripe key's life (13 h), past it (25 h), past an Adyen key's (32 days).
 JUMPS = (1, 121, 121, 3600, 13 * 3600, 25 * 3600, 25 * 3600, 3 * 86400, 32 * 86400)
 ACTORS = ("agent-a", "agent-b")
@@ -43,7 +46,7 @@ ACTORS = ("agent-a", "agent-b")
 FLIPS = {(RefundStatus.SUCCEEDED, RefundStatus.FAILED), (RefundStatus.FAILED, RefundStatus.SUCCEEDED)}
 # Checks by name; REFUND_MCP_MODEL_SKIP=name,name turns some off (to see which checks an older tree fails,
 # one at a time): one_per_request, within_captured, released, in_doubt, decision, currency, confirmed_amount,
-# approval_expiry, refunds_per_payment, no_regress, books, adyen_flip.
+# approval_expiry, refunds_per_payment, no_regress, books, adyen_flip, prompt.
 # REFUND_MCP_MODEL_ONLY=name,name runs only those.
 # Checks of guarantees this tree does not give yet are off unless named (REFUND_MCP_MODEL_SKIP= turns all on).
 NOT_YET_GUARANTEED = ""
@@ -60,6 +63,21 @@ def _scratch_dir() -> str:
     return tempfile.mkdtemp(prefix="money-model-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 
 
+def prompt_for(view: Any, req: RefundInput) -> str:
+    """The question the MCP server's confirmation resolver puts to the human for this preview."""
+    try:
+        from refund_mcp.service.untrusted import confirmation_prompt
+    except ImportError:  # older trees built the prompt inline in server.py; this is that text
+        return (
+            f"Refund {view.amount_display} on {view.transaction_id} "
+            f"(customer {req.customer_ref or 'not given'}) for reason '{req.reason}'? This moves real money."
+        )
+    return confirmation_prompt(
+        amount_display=view.amount_display, transaction_id=view.transaction_id, reason=req.reason,
+        payment_customer=view.customer_ref, claimed_customer=req.customer_ref,
+    )
+
+
 class MoneyMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -72,6 +90,8 @@ class MoneyMachine(RuleBasedStateMachine):
         self.stripe.add_payment(Payment("ch_1", 10000, "USD", aliases=("pi_1",)))
         self.stripe.add_payment(Payment("ch_2", 6000, "EUR"))
         self.stripe.add_payment(Payment("ch_3", 2500, "USD"))  # refunded in full without a confirmation
+        # A balance between the confirmation and approval thresholds, so a parked refund fits beside it.
+        self.stripe.add_payment(Payment("ch_4", 7000, "USD", aliases=("pi_4",)))
         self.adyen.add_payment(Payment("psp_1", 8000, "EUR"))
         self.processors = {"stripe": self.stripe, "adyen": self.adyen}
         url = f"sqlite+aiosqlite:///{self.dir}/model.sqlite3"
@@ -141,27 +161,65 @@ class MoneyMachine(RuleBasedStateMachine):
         cancel_mid_prompt=st.booleans(),
         fault=st.sampled_from((None, None, "lost_answer", "hold", "held_429+lost_answer", *CREATE_FAULTS)),
         instance=st.sampled_from((0, 1)),
+        customer_ref=st.sampled_from((None, None, "cus@example.com", AGENT_TEXT)),
     )
-    def create(self, actor, transaction, amount, reason, key, confirmation, cancel_mid_prompt, fault, instance):  # type: ignore[no-untyped-def]
+    def create(self, actor, transaction, amount, reason, key, confirmation, cancel_mid_prompt, fault, instance, customer_ref=None):  # type: ignore[no-untyped-def]
         service = self.services[instance]
         if fault is not None:  # "a+b": this call gets a, the next call to that processor b
             self.processors[transaction.partition(":")[0]].faults.extend(fault.split("+"))
-        req = RefundInput(transaction_id=transaction, reason=reason, amount_minor=amount, idempotency_key=key)
+        req = RefundInput(transaction_id=transaction, reason=reason, amount_minor=amount, idempotency_key=key, customer_ref=customer_ref)
         state, shown, terms = Confirmation.NOT_ASKED, None, None
         if confirmation == "unavailable":
             state = Confirmation.UNAVAILABLE
         elif confirmation == "human":
-            # What the MCP server does: preview, ask the human about what the preview shows, then create.
+            # What the MCP server's confirmation resolver does: preview, ask the human about what the
+            # preview shows, then create with what the human confirmed.
             preview = self.run(service.preview(actor, req))
-            if preview is not None and not isinstance(preview, RefundError) and preview.view.decision == "needs_confirmation":
-                state, shown, terms = Confirmation.CONFIRMED, preview.view.amount_minor, preview.terms(reason)
+            view = getattr(preview, "view", preview)  # older trees: the preview is the policy view itself
+            if view is not None and not isinstance(view, RefundError) and view.decision == "needs_confirmation":
+                self.check_prompt(prompt_for(view, req))
+                state, shown = Confirmation.CONFIRMED, view.amount_minor
+                terms = preview.terms(reason) if hasattr(preview, "terms") else None
                 if cancel_mid_prompt:  # the balance grows while the human reads the prompt
                     parked = [r for r in self.refunds() if r.status == "pending_approval"]
-                    if parked:
-                        self.run(self.services[1 - instance].cancel_refund(parked[0].actor, parked[0].id))
-        result = self.run(service.create_refund(actor, req, state, confirmed=terms))
+                    same = [r for r in parked if r.transaction_id in self._names_of(transaction)]
+                    if same or parked:
+                        row = (same or parked)[0]
+                        self.run(self.services[1 - instance].cancel_refund(row.actor, row.id))
+        result = self.run(service.create_refund(actor, req, state, **({"confirmed": terms} if terms is not None else {})))
         if shown is not None and result is not None and not isinstance(result, RefundError) and result.duplicate_of is None:
             self.confirmed.setdefault(result.refund_id, shown)
+
+    def _names_of(self, transaction: str) -> set[str]:
+        processor, _, bare = transaction.partition(":")
+        payment = self.processors[processor].payments[bare]
+        return {f"{processor}:{name}" for name in (payment.id, *payment.aliases)}
+
+    @rule(
+        transaction=st.sampled_from(("stripe:ch_4", "stripe:pi_4")),
+        parked_as=st.sampled_from(("stripe:ch_4", "stripe:pi_4")),
+        instance=st.sampled_from((0, 1)),
+    )
+    def confirm_while_the_balance_grows(self, transaction, parked_as, instance):  # type: ignore[no-untyped-def]
+        """A parked refund is cancelled while the human reads a full-refund prompt: the balance grows."""
+        self.run(self.services[instance].create_refund("agent-b", RefundInput(transaction_id=parked_as, reason="fraudulent", amount_minor=500)))
+        self.create("agent-a", transaction, None, "requested_by_customer", None, "human", True, None, instance)
+
+    @rule(index=st.integers(0, 3), instance=st.sampled_from((0, 1)))
+    def adyen_fails_then_succeeds(self, index, instance):  # type: ignore[no-untyped-def]
+        """Adyen: a refund answered pending, REFUND success=false, then success=true; each notification delivered."""
+        self.adyen.faults.append("pending")
+        result = self.run(self.services[instance].create_refund("agent-a", RefundInput(transaction_id="adyen:psp_1", reason="requested_by_customer", amount_minor=500 + index)))
+        mine = [r for r in self.adyen.refunds.values() if r.status is RefundStatus.PENDING and result is not None and not isinstance(result, RefundError) and r.refund_mcp_id == result.refund_id]
+        if not mine:
+            return
+        self.adyen.settle(mine[0].id, RefundStatus.FAILED)
+        self.run(self.services[instance].apply_event(self.adyen.events[-1]))
+        refund, payment = mine[0], self.adyen.payments[mine[0].payment_id]
+        if self.adyen.refunded(payment) + refund.amount_minor > payment.amount_minor:
+            return
+        self.adyen.settle(refund.id, RefundStatus.SUCCEEDED)
+        self.run(self.services[1 - instance].apply_event(self.adyen.events[-1]))
 
     @rule(
         actor=st.sampled_from(ACTORS),
@@ -292,6 +350,13 @@ class MoneyMachine(RuleBasedStateMachine):
         self.at_most_the_policy_count_of_refunds_per_payment(rows)
         self.no_final_state_regresses(rows)
 
+    def check_prompt(self, prompt: str) -> None:
+        """The human reads only our records; the agent's words appear, if at all, quoted after their label."""
+        if not checking("prompt"):
+            return
+        ours = "\n".join(line for line in prompt.splitlines() if not line.startswith(AGENT_LABEL))
+        assert "real amount" not in ours, f"agent text unlabelled in the confirmation prompt: {prompt!r}"
+
     def _processor_refunds(self) -> list[tuple[ModelProcessor, Any]]:
         return [(p, r) for p in self.processors.values() for r in p.refunds.values()]
 
@@ -359,7 +424,7 @@ class MoneyMachine(RuleBasedStateMachine):
             outcome = record["decision"]["outcome"] if record is not None else None
             if row.reason == "fraudulent" and checking("currency"):  # the policy asks approval for fraud, whatever the currency
                 assert row.id in approved, f"fraudulent {row.currency} refund {row.id} reached the processor without approval"
-            if outcome == "needs_confirmation" and row.id in self.confirmed and checking("confirmed_amount"):
+            if row.id in self.confirmed and checking("confirmed_amount"):  # whatever the decision became
                 assert row.amount_minor == self.confirmed[row.id], (
                     f"{row.id}: the human confirmed {self.confirmed[row.id]}, {row.amount_minor} was reserved"
                 )

@@ -116,12 +116,17 @@ class ModelProcessor(Processor):
 
     def _notify(self, refund: HeldRefund) -> None:
         payment = self.payments[refund.payment_id]
+        words, flip = refund.status.value, {}
+        if self.name == "adyen":  # Adyen's words: REFUND success=true|false; a success replaces an earlier failure
+            words = f"REFUND:{'false' if refund.status is RefundStatus.FAILED else 'true'}"
+            if refund.status is RefundStatus.SUCCEEDED and "supersedes_failure" in RefundEvent.__dataclass_fields__:
+                flip = {"supersedes_failure": ("REFUND:false",)}
         self.events.append(
             RefundEvent(
                 processor=self.name, event_id=f"evt_{self.name}_{len(self.events) + 1}", processor_refund_id=refund.id,
-                status=refund.status, processor_status=refund.status.value, transaction_id=payment.id,
+                status=refund.status, processor_status=words, transaction_id=payment.id,
                 other_transaction_ids=payment.aliases, amount_minor=refund.amount_minor, currency=refund.currency,
-                our_refund_id=refund.refund_mcp_id, occurred_at=self.clock(),
+                our_refund_id=refund.refund_mcp_id, occurred_at=self.clock(), **flip,
             )
         )
 
