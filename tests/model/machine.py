@@ -205,6 +205,15 @@ class MoneyMachine(RuleBasedStateMachine):
         self.run(self.services[instance].create_refund("agent-b", RefundInput(transaction_id=parked_as, reason="fraudulent", amount_minor=500)))
         self.create("agent-a", transaction, None, "requested_by_customer", None, "human", True, None, instance)
 
+    @rule(
+        transaction=st.sampled_from(("stripe:ch_2", "stripe:pi_4", "adyen:psp_1")),
+        amount=st.sampled_from((None, 4000)),
+        instance=st.sampled_from((0, 1)),
+    )
+    def agent_describes_the_customer(self, transaction, amount, instance):  # type: ignore[no-untyped-def]
+        """The agent's customer_ref carries words meant for the human who confirms."""
+        self.create("agent-a", transaction, amount, "requested_by_customer", None, "human", False, None, instance, AGENT_TEXT)
+
     @rule(index=st.integers(0, 3), instance=st.sampled_from((0, 1)))
     def adyen_fails_then_succeeds(self, index, instance):  # type: ignore[no-untyped-def]
         """Adyen: a refund answered pending, REFUND success=false, then success=true; each notification delivered."""
