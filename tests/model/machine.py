@@ -214,6 +214,12 @@ class MoneyMachine(RuleBasedStateMachine):
         """The agent's customer_ref carries words meant for the human who confirms."""
         self.create("agent-a", transaction, amount, "requested_by_customer", None, "human", False, None, instance, AGENT_TEXT)
 
+    @rule(names=st.permutations(("stripe:ch_1", "stripe:pi_1", "stripe:ch_1")), instance=st.sampled_from((0, 1)))
+    def one_payment_under_both_names(self, names, instance):  # type: ignore[no-untyped-def]
+        """Small refunds of one Stripe payment, named by its charge and by its payment intent."""
+        for name in names:
+            self.run(self.services[instance].create_refund("agent-a", RefundInput(transaction_id=name, reason="requested_by_customer", amount_minor=100)))
+
     @rule(index=st.integers(0, 3), instance=st.sampled_from((0, 1)))
     def adyen_fails_then_succeeds(self, index, instance):  # type: ignore[no-untyped-def]
         """Adyen: a refund answered pending, REFUND success=false, then success=true; each notification delivered."""
