@@ -71,11 +71,12 @@ async def test_a_refund_whose_submitter_died_is_taken_over_after_its_lease_lapse
 
         # Reserve as create_refund does, but never submit: as if the process died right after the commit.
         ref = await app.service.resolve_transaction_id(TXN)
-        info, _ = await app.service._fetch_transaction(ref)
-        view, submit = await app.service._reserve(
+        info, _ = await app.service.resolver.fetch_transaction(ref)
+        reservation = await app.service.reserver.reserve(
             "agent-1", RefundInput(transaction_id=TXN, reason="service_issue", amount_minor=300), ref, info, None,
             Confirmation.NOT_ASKED, {},
         )
+        view, submit = reservation.view, reservation.submit
         assert submit and view.status == "queued"
         assert await run_once(app.service) == 0  # its lease is still held
         real_clock = app.service.clock
@@ -93,11 +94,11 @@ async def test_a_refund_whose_submitter_died_cannot_be_cancelled_locally(app_fac
         from refund_mcp.service.refunds import Confirmation, RefundInput
 
         ref = await app.service.resolve_transaction_id(TXN)
-        info, _ = await app.service._fetch_transaction(ref)
-        view, _ = await app.service._reserve(
+        info, _ = await app.service.resolver.fetch_transaction(ref)
+        view = (await app.service.reserver.reserve(
             "agent-1", RefundInput(transaction_id=TXN, reason="service_issue", amount_minor=300), ref, info, None,
             Confirmation.NOT_ASKED, {},
-        )
+        )).view
         real_clock = app.service.clock
         app.service.clock = lambda: real_clock() + timedelta(seconds=app.settings.claim_seconds + 1)
         async with Client(app.server) as client:

@@ -12,6 +12,7 @@ so an approver acting after the deadline cannot move money the policy meant to t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,12 +20,22 @@ from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.errors import Forbidden, NotSupported, RefundError, ValidationFailed
 from refund_mcp.domain.models import RefundStatus
-from refund_mcp.service import views
+from refund_mcp.service import rendering, views
+from refund_mcp.service.rows import refund_row
+from refund_mcp.service.submitting import Submitter
+from refund_mcp.settings import Settings
 from refund_mcp.store import queries
+from refund_mcp.store.database import Database
 
 
-class ApprovalsMixin:
-    """Mixed into RefundService; uses its db, clock, settings, _get_row, _refund_view and _submit."""
+class Approvals:
+    """Parks, approves, denies and expires refunds waiting for a human; an approved refund goes to the Submitter."""
+
+    def __init__(self, db: Database, submitter: Submitter, settings: Settings, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.submitter = submitter
+        self.settings = settings
+        self.now = now
 
     async def pending_approvals(self, limit: int = 200) -> list[views.RefundView]:
         async with self.db.read() as conn:
@@ -32,7 +43,7 @@ class ApprovalsMixin:
                 conn, status=RefundStatus.PENDING_APPROVAL.value, processor=None, transaction_ids=None,
                 since=None, after=None, limit=limit, approval_state="pending",
             )
-        return [self._refund_view(row) for row in rows]
+        return [rendering.refund_view(row) for row in rows]
 
     def _check_approver(self, approver: str) -> str:
         approver = (approver or "").strip()
@@ -46,11 +57,11 @@ class ApprovalsMixin:
         Raises Forbidden (own refund, or the same person twice), NotSupported (not waiting, or its approval
         expired: then it is expired now, released and audited)."""
         approver = self._check_approver(approver)
-        now = self.clock()
+        now = self.now()
         waiting: views.RefundView | None = None
         claimed = None
         async with self.db.write() as conn:
-            row = await self._get_row(conn, refund_id)
+            row = await refund_row(conn, refund_id)
             self._check_pending(row)
             expired = await self._expire_if_due(conn, row, now, attempted_by=approver, attempted="approve")
             refusal = None if expired is not None else self._approval_refusal(row, approver)
@@ -68,7 +79,7 @@ class ApprovalsMixin:
                         detail={"note": note, "approvals": 1, "approvals_required": row.approvals_required},
                     ),
                 )
-                waiting = self._refund_view(await queries.get_refund(conn, refund_id))
+                waiting = rendering.refund_view(await queries.get_refund(conn, refund_id))
             elif expired is None:
                 claimed = await self._mark_approved(conn, refund_id, approver, note, now)
         if expired is not None:
@@ -78,7 +89,7 @@ class ApprovalsMixin:
         if waiting is not None:
             waiting.message = f"Approved by {approver}; a second approver (not {approver}, not {row.actor}) must approve before it is sent."
             return waiting
-        return await self._submit(refund_id, caller=approver, claimed=claimed)
+        return await self.submitter.submit(refund_id, caller=approver, claimed=claimed)
 
     @staticmethod
     def _approval_refusal(row: Any, approver: str) -> tuple[str, RefundError] | None:
@@ -114,14 +125,14 @@ class ApprovalsMixin:
         """Deny a parked refund, releasing its amount. Raises NotSupported when it is not waiting, or
         when its approval expired (then it is expired now, released and audited)."""
         approver = self._check_approver(approver)
-        now = self.clock()
+        now = self.now()
         async with self.db.write() as conn:
-            row = await self._get_row(conn, refund_id)
+            row = await refund_row(conn, refund_id)
             self._check_pending(row)
             expired = await self._expire_if_due(conn, row, now, attempted_by=approver, attempted="deny")
             if expired is None:
                 await self._mark_denied(conn, refund_id, approver, note, now)
-                view = self._refund_view(await queries.get_refund(conn, refund_id))
+                view = rendering.refund_view(await queries.get_refund(conn, refund_id))
         if expired is not None:
             raise expired
         view.message = f"Denied by {approver}; nothing was refunded and the amount is released."
@@ -142,7 +153,7 @@ class ApprovalsMixin:
         await audit.append(conn, AuditEntry(actor=approver, action="approval.denied", target=refund_id, outcome="cancelled", detail={"note": note}))
 
     async def expire_approvals(self) -> int:
-        now = self.clock()
+        now = self.now()
         async with self.db.write() as conn:
             rows = await queries.expired_approvals(conn, now)
             for row in rows:
@@ -173,7 +184,7 @@ class ApprovalsMixin:
         """Whether an approval has expired, including one still shown as pending because the sweep has not run yet."""
         if approval is None:
             return False
-        return approval.state == "expired" or (approval.state == "pending" and approval_expired(approval.expires_at, self.clock()))
+        return approval.state == "expired" or (approval.state == "pending" and approval_expired(approval.expires_at, self.now()))
 
     @staticmethod
     def _check_pending(row: object) -> None:

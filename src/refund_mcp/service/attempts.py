@@ -13,8 +13,10 @@ What is sent, and under which key, is decided by service/resend.py before anythi
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,12 +27,16 @@ from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.errors import Delivery, NotSupported, ProcessorCallError, ProcessorUnavailable, RefundError
 from refund_mcp.domain.models import ProcessorRefund, ProcessorRefundRequest, RefundReason, RefundStatus
-from refund_mcp.service import resend, views
+from refund_mcp.service import recording, rendering, resend, views
 from refund_mcp.service.metadata import decode as decode_metadata
+from refund_mcp.service.recording import Recorder
 from refund_mcp.store import queries
 
 if TYPE_CHECKING:
-    from refund_mcp.service.refunds import RefundService
+    from refund_mcp.processors.base import Processor
+    from refund_mcp.service.circuit import CircuitBreaker
+    from refund_mcp.settings import Settings
+    from refund_mcp.store.database import Database
 
 # An attempt (token fetch, send, read) must end within this share of the lease, leaving the rest for
 # recording its answer. The adapters' HTTP timeouts (connect + write + read per request) stay below it.
@@ -40,6 +46,18 @@ ATTEMPT_SHARE_OF_LEASE = 0.75
 _BALANCE_REFUSALS = frozenset({"already_refunded", "amount_exceeds_refundable"})
 
 OPERATOR_HINT = "a human must decide (refund-mcp refunds resolve ID --failed|--retry --by NAME)"
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What an attempt needs: where it writes, who records the answer, and the processor it calls."""
+
+    db: Database
+    recorder: Recorder
+    breaker: CircuitBreaker
+    settings: Settings
+    clock: Callable[[], datetime]
+    processor: Callable[[str], Processor]  # the configured processor of an account, or a validation error
 
 
 @dataclass(frozen=True)
@@ -68,22 +86,29 @@ def processor_request(row: Row[Any]) -> ProcessorRefundRequest:
     )
 
 
-def attempt_budget(service: RefundService) -> float:
-    return service.settings.claim_seconds * ATTEMPT_SHARE_OF_LEASE
+def backoff(settings: Settings, attempts: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never sooner than the processor's Retry-After."""
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * (2 ** max(0, attempts - 1)))
+    delay = random.uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after or 0.0)
 
 
-def _cut_off(service: RefundService, processor: str) -> ProcessorUnavailable:
+def attempt_budget(ctx: AttemptContext) -> float:
+    return ctx.settings.claim_seconds * ATTEMPT_SHARE_OF_LEASE
+
+
+def _cut_off(ctx: AttemptContext, processor: str) -> ProcessorUnavailable:
     return ProcessorUnavailable(
-        f"the attempt was cut off after {attempt_budget(service):g} s, inside its claim; {processor} may have "
+        f"the attempt was cut off after {attempt_budget(ctx):g} s, inside its claim; {processor} may have "
         "acted on it, so the outcome is unknown",
         processor=processor,
         delivery=Delivery.OUTCOME_UNKNOWN,
     )
 
 
-async def run(service: RefundService, claim: Claim, *, caller: str, raise_declined: bool = False) -> views.RefundView:
+async def run(ctx: AttemptContext, claim: Claim, *, caller: str, raise_declined: bool = False) -> views.RefundView:
     row = claim.row
-    processor = service._processor(row.processor)
+    processor = ctx.processor(row.processor)
     history = resend.AttemptHistory(
         may_have_reached=bool(row.maybe_sent),
         # Rows from before key ages were recorded: the creation time can only overstate the age.
@@ -93,61 +118,61 @@ async def run(service: RefundService, claim: Claim, *, caller: str, raise_declin
     )
     caps = processor.capabilities
     plan = resend.plan_attempt(
-        history, now=service.clock(), retention=caps.idempotency_key_retention, searchable=caps.refund_search
+        history, now=ctx.clock(), retention=caps.idempotency_key_retention, searchable=caps.refund_search
     )
     if plan.step is resend.Step.OPERATOR:
-        return await hand_to_operator(service, claim, plan.why)
+        return await hand_to_operator(ctx, claim, plan.why)
     searched = False
     if plan.step is resend.Step.SEARCH:
         try:
-            with anyio.fail_after(attempt_budget(service)):
+            with anyio.fail_after(attempt_budget(ctx)):
                 found = await processor.find_refund(processor_request(row))
         except NotSupported as exc:
-            return await hand_to_operator(service, claim, f"{plan.why}; {exc.message}")
+            return await hand_to_operator(ctx, claim, f"{plan.why}; {exc.message}")
         except TimeoutError:
-            return await schedule_retry(service, claim, _cut_off(service, row.processor), lookup_first=True)
+            return await schedule_retry(ctx, claim, _cut_off(ctx, row.processor), lookup_first=True)
         except ProcessorCallError as exc:
-            return await schedule_retry(service, claim, exc, lookup_first=True)
+            return await schedule_retry(ctx, claim, exc, lookup_first=True)
         if found is not None:
-            return await record_answer(service, claim, found, actor=caller, action="refund.found")
-        renewed = await _renew_key(service, claim, plan.why)
+            return await record_answer(ctx, claim, found, actor=caller, action="refund.found")
+        renewed = await _renew_key(ctx, claim, plan.why)
         if renewed is None:
-            return await _stale(service, claim, {"searched": "absent"})
+            return await _stale(ctx, claim, {"searched": "absent"})
         claim, row, searched = renewed, renewed.row, True
     try:
-        with anyio.fail_after(attempt_budget(service)):
+        with anyio.fail_after(attempt_budget(ctx)):
             answer = await processor.create_refund(processor_request(row))
     except TimeoutError:
-        service.breaker.record_failure(row.processor)
-        return await schedule_retry(service, claim, _cut_off(service, row.processor), lookup_first=False)
+        ctx.breaker.record_failure(row.processor)
+        return await schedule_retry(ctx, claim, _cut_off(ctx, row.processor), lookup_first=False)
     except RefundError as exc:
         if isinstance(exc, ProcessorCallError) and exc.retryable:
-            service.breaker.record_failure(row.processor)
+            ctx.breaker.record_failure(row.processor)
             # Stripe stores a complete 5xx answer under the key and replays it: only a search can tell more.
             stored = exc.answered and exc.delivery is Delivery.OUTCOME_UNKNOWN
-            return await schedule_retry(service, claim, exc, lookup_first=stored)
+            return await schedule_retry(ctx, claim, exc, lookup_first=stored)
         if isinstance(exc, ProcessorCallError):
-            service.breaker.record_success(row.processor)  # it answered: it is up
+            ctx.breaker.record_success(row.processor)  # it answered: it is up
         if exc.code in _BALANCE_REFUSALS and history.may_have_reached and not searched:
             # The balance may be gone because an earlier attempt of ours was made under a forgotten key:
             # that is a reason to look, never proof that nothing was refunded.
-            return await schedule_retry(service, claim, exc, lookup_first=True, now_due=True)
-        view = await record_declined(service, claim, exc)
+            return await schedule_retry(ctx, claim, exc, lookup_first=True, now_due=True)
+        view = await record_declined(ctx, claim, exc)
         if raise_declined and view.status == RefundStatus.FAILED.value:
             exc.message = f"{exc.message} (refund {row.id} marked failed; nothing was refunded)"
             exc._audited = True  # type: ignore[attr-defined]
             raise exc
         return view
-    service.breaker.record_success(row.processor)
+    ctx.breaker.record_success(row.processor)
     failpoints.hit("after_processor_answer")
-    return await record_answer(service, claim, answer, actor=caller, action="refund.submitted")
+    return await record_answer(ctx, claim, answer, actor=caller, action="refund.submitted")
 
 
-async def _renew_key(service: RefundService, claim: Claim, why: str) -> Claim | None:
+async def _renew_key(ctx: AttemptContext, claim: Claim, why: str) -> Claim | None:
     """The processor holds no refund of ours: continue under the next key generation, whose age starts now."""
-    now = service.clock()
+    now = ctx.clock()
     generation = int(claim.row.key_generation or 0) + 1
-    async with service.db.write() as conn:
+    async with ctx.db.write() as conn:
         updated = await queries.update_claimed(
             conn, claim.row.id, claim.token, key_generation=generation, key_first_sent_at=now, lookup_first=False, updated_at=now
         )
@@ -163,16 +188,16 @@ async def _renew_key(service: RefundService, claim: Claim, why: str) -> Claim | 
     return Claim(updated)
 
 
-async def record_answer(service: RefundService, claim: Claim, answer: ProcessorRefund, *, actor: str, action: str) -> views.RefundView:
-    async with service.db.write() as conn:
-        return await service.apply_processor_state(conn, claim.row.id, answer, actor=actor, action=action, claim_token=claim.token)
+async def record_answer(ctx: AttemptContext, claim: Claim, answer: ProcessorRefund, *, actor: str, action: str) -> views.RefundView:
+    async with ctx.db.write() as conn:
+        return await ctx.recorder.apply_processor_state(conn, claim.row.id, answer, actor=actor, action=action, claim_token=claim.token)
 
 
 async def schedule_retry(
-    service: RefundService, claim: Claim, exc: ProcessorCallError, *, lookup_first: bool, now_due: bool = False
+    ctx: AttemptContext, claim: Claim, exc: ProcessorCallError, *, lookup_first: bool, now_due: bool = False
 ) -> views.RefundView:
     row = claim.row
-    now = service.clock()
+    now = ctx.clock()
     attempts = row.attempts + 1
     deadline = row.retry_deadline_at
     maybe_sent = bool(row.maybe_sent) or exc.delivery is Delivery.OUTCOME_UNKNOWN
@@ -181,17 +206,17 @@ async def schedule_retry(
         last_error = f"{exc} — retry deadline passed; {OPERATOR_HINT}"
         action = "refund.retry_exhausted"
     else:
-        delay = 0.0 if now_due else service._backoff(attempts, exc.retry_after)
+        delay = 0.0 if now_due else backoff(ctx.settings, attempts, exc.retry_after)
         next_at = now + timedelta(seconds=delay)
         last_error = str(exc)
         action = "refund.retry_scheduled"
-    async with service.db.write() as conn:
+    async with ctx.db.write() as conn:
         updated = await queries.update_claimed(
             conn, row.id, claim.token, attempts=attempts, last_error=last_error, next_attempt_at=next_at, claimed_until=None,
             maybe_sent=maybe_sent, lookup_first=bool(row.lookup_first) or lookup_first, updated_at=now,
         )
         if updated is None:
-            return await stale_attempt(service, conn, row.id, claim.token, {"error": str(exc), "delivery": exc.delivery.value})
+            return await recording.stale_attempt(conn, row.id, claim.token, {"error": str(exc), "delivery": exc.delivery.value})
         await audit.append(
             conn,
             AuditEntry(
@@ -204,7 +229,7 @@ async def schedule_retry(
                 detail={"attempts": attempts, "delivery": exc.delivery.value, "message": exc.message, "search_next": lookup_first},
             ),
         )
-    view = service._refund_view(updated)
+    view = rendering.refund_view(updated)
     view.message = (
         f"{row.processor} did not confirm the refund yet ({exc.code}). It stays reserved and will be retried "
         "automatically; it is never sent again under a key the processor may have forgotten, so it can never be made twice."
@@ -212,16 +237,16 @@ async def schedule_retry(
     return view
 
 
-async def record_declined(service: RefundService, claim: Claim, exc: RefundError) -> views.RefundView:
+async def record_declined(ctx: AttemptContext, claim: Claim, exc: RefundError) -> views.RefundView:
     row = claim.row
-    now = service.clock()
-    async with service.db.write() as conn:
+    now = ctx.clock()
+    async with ctx.db.write() as conn:
         updated = await queries.update_claimed(
             conn, row.id, claim.token, status=RefundStatus.FAILED.value, failure_reason=f"[{exc.code}] {exc.message}",
             attempts=row.attempts + 1, next_attempt_at=None, claimed_until=None, last_error=str(exc), updated_at=now,
         )
         if updated is None:
-            return await stale_attempt(service, conn, row.id, claim.token, {"declined": f"[{exc.code}] {exc.message}"})
+            return await recording.stale_attempt(conn, row.id, claim.token, {"declined": f"[{exc.code}] {exc.message}"})
         await audit.append(
             conn,
             AuditEntry(
@@ -234,21 +259,21 @@ async def record_declined(service: RefundService, claim: Claim, exc: RefundError
                 detail={"message": exc.message},
             ),
         )
-    view = service._refund_view(updated)
+    view = rendering.refund_view(updated)
     view.message = f"The processor refused this refund ([{exc.code}]); nothing was refunded and the amount is released."
     return view
 
 
-async def hand_to_operator(service: RefundService, claim: Claim, why: str) -> views.RefundView:
+async def hand_to_operator(ctx: AttemptContext, claim: Claim, why: str) -> views.RefundView:
     """Send nothing; keep the reservation; wait for `refund-mcp refunds resolve` (listed by `refunds stuck`)."""
-    now = service.clock()
-    async with service.db.write() as conn:
+    now = ctx.clock()
+    async with ctx.db.write() as conn:
         updated = await queries.update_claimed(
             conn, claim.row.id, claim.token, next_attempt_at=None, claimed_until=None,
             last_error=f"{why}; {OPERATOR_HINT}", updated_at=now,
         )
         if updated is None:
-            return await stale_attempt(service, conn, claim.row.id, claim.token, {"handed_to_operator": why})
+            return await recording.stale_attempt(conn, claim.row.id, claim.token, {"handed_to_operator": why})
         await audit.append(
             conn,
             AuditEntry(
@@ -256,41 +281,11 @@ async def hand_to_operator(service: RefundService, claim: Claim, why: str) -> vi
                 detail={"why": why, "maybe_sent": bool(claim.row.maybe_sent), "key_generation": int(claim.row.key_generation or 0)},
             ),
         )
-    view = service._refund_view(updated)
+    view = rendering.refund_view(updated)
     view.message = f"Reserved and waiting for an operator: {why}."
     return view
 
 
-async def _stale(service: RefundService, claim: Claim, answered: dict[str, Any]) -> views.RefundView:
-    async with service.db.write() as conn:
-        return await stale_attempt(service, conn, claim.row.id, claim.token, answered)
-
-
-async def stale_attempt(service: RefundService, conn: Any, refund_id: str, token: int, answered: dict[str, Any]) -> views.RefundView:
-    """The attempt lost its claim: record what it learned, change nothing, return the current state."""
-    current = await queries.get_refund(conn, refund_id)
-    if int(current.claim_token) == token:
-        # Still ours, but no longer queued: a webhook or status sync settled it meanwhile. Leave that alone.
-        view = service._refund_view(current)
-        view.message = service._status_message(view)
-        return view
-    await audit.append(
-        conn,
-        AuditEntry(
-            actor="refund-mcp", action="refund.stale_attempt", target=refund_id, outcome=current.status,
-            detail={"claim_token": token, "current_claim_token": int(current.claim_token), "processor": answered},
-        ),
-    )
-    view = service._refund_view(current)
-    view.message = "This attempt was overtaken by a newer one; the refund's current state is shown."
-    return view
-
-
-def answer_record(answer: ProcessorRefund) -> dict[str, Any]:
-    return {
-        "processor_refund_id": answer.processor_refund_id,
-        "status": answer.status.value,
-        "amount_minor": answer.amount_minor,
-        "currency": answer.currency,
-        "processor_status": answer.processor_status,
-    }
+async def _stale(ctx: AttemptContext, claim: Claim, answered: dict[str, Any]) -> views.RefundView:
+    async with ctx.db.write() as conn:
+        return await recording.stale_attempt(conn, claim.row.id, claim.token, answered)

@@ -19,7 +19,9 @@ from refund_mcp.audit import log as audit
 from refund_mcp.domain.errors import ValidationFailed
 from refund_mcp.domain.models import RefundStatus
 from refund_mcp.domain.money import format_display
-from refund_mcp.service import views
+from refund_mcp.service import rendering, views
+from refund_mcp.service.reading import decode_cursor, encode_cursor
+from refund_mcp.service.rows import refund_row
 from refund_mcp.store import queries, tables
 
 R = tables.refunds
@@ -192,7 +194,7 @@ class ConsoleQueries:
             return None
         bal = await queries.balance(conn, txn)
         refunds = await queries.refunds_for_transaction(conn, txn.id, limit=OTHER_REFUNDS + 1)
-        return _payment_summary(txn, bal, [self.service._refund_view(other) for other in refunds])
+        return _payment_summary(txn, bal, [rendering.refund_view(other) for other in refunds])
 
     async def _payment_of(self, conn: Any, row: Any, cache: dict[str, PaymentSummary | None]) -> PaymentSummary | None:
         if row.transaction_id not in cache:
@@ -204,7 +206,7 @@ class ConsoleQueries:
         return payment.model_copy(update={"other_refunds": others})
 
     async def _queue_item(self, conn: Any, row: Any, payments: dict[str, PaymentSummary | None]) -> QueueItem:
-        view = self.service._refund_view(row)
+        view = rendering.refund_view(row)
         left = None
         if row.approval_expires_at is not None:
             left = max(0, int((row.approval_expires_at - self.service.clock()).total_seconds()))
@@ -222,8 +224,6 @@ class ConsoleQueries:
 
     async def search(self, filters: RefundFilter, *, cursor: str | None = None, limit: int = 50) -> views.RefundPage:
         """Newest first. Raises ValidationFailed for an unknown status or a cursor we did not make."""
-        from refund_mcp.service.refunds import _decode_cursor, _encode_cursor
-
         limit = max(1, min(limit, MAX_PAGE))
         conditions: list[Any] = []
         if filters.status:
@@ -249,19 +249,19 @@ class ConsoleQueries:
         if filters.amount_max is not None:
             conditions.append(R.c.amount_minor <= filters.amount_max)
         if cursor:
-            created, refund_id = _decode_cursor(cursor)
+            created, refund_id = decode_cursor(cursor)
             conditions.append(or_(R.c.created_at < created, and_(R.c.created_at == created, R.c.id < refund_id)))
         query = select(R).where(true(), *conditions).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit + 1)
         async with self.db.read() as conn:
             rows = list((await conn.execute(query)).all())
         page = rows[:limit]
-        next_cursor = _encode_cursor(page[-1]) if len(rows) > limit and page else None
-        return views.RefundPage(refunds=[self.service._refund_view(row) for row in page], next_cursor=next_cursor)
+        next_cursor = encode_cursor(page[-1]) if len(rows) > limit and page else None
+        return views.RefundPage(refunds=[rendering.refund_view(row) for row in page], next_cursor=next_cursor)
 
     async def refund_detail(self, refund_id: str) -> RefundDetail:
         """Raises ValidationFailed / RefundNotFound like get_refund_status."""
         async with self.db.read() as conn:
-            row = await self.service._get_row(conn, refund_id)
+            row = await refund_row(conn, refund_id)
             records = await audit.trail(conn, refund_id, limit=500)
             payments: dict[str, PaymentSummary | None] = {}
             payment = await self._payment_of(conn, row, payments)
@@ -273,7 +273,7 @@ class ConsoleQueries:
             )
             for record in records
         ]
-        return RefundDetail(refund=self.service._refund_view(row), payment=payment, timeline=timeline, queue=queue)
+        return RefundDetail(refund=rendering.refund_view(row), payment=payment, timeline=timeline, queue=queue)
 
     # ------------------------------------------------------------- needs attention
 
@@ -304,9 +304,9 @@ class ConsoleQueries:
 
         breaker = self.service.breaker
         return Attention(
-            stuck=[self.service._refund_view(row) for row in stuck_rows],
-            in_doubt=[self.service._refund_view(row) for row in doubt_rows],
-            requires_action=[self.service._refund_view(row) for row in action_rows],
+            stuck=[rendering.refund_view(row) for row in stuck_rows],
+            in_doubt=[rendering.refund_view(row) for row in doubt_rows],
+            requires_action=[rendering.refund_view(row) for row in action_rows],
             open_circuits=[name for name in self.service.processors.names() if breaker.is_open(name)],
             last_reconcile=json.loads(last.body) if last is not None else None,
             undelivered_notifications=int(undelivered),

@@ -17,6 +17,8 @@ by when our refund has its processor id and the event matches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, or_, select
@@ -27,17 +29,24 @@ from refund_mcp.domain.ids import is_refund_id, new_refund_id
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus, TransactionInfo
 from refund_mcp.observability.tracing import traced_async
 from refund_mcp.service import identity
+from refund_mcp.service.recording import Recorder
 from refund_mcp.store import queries, tables
+from refund_mcp.store.database import Database
 from refund_mcp.webhooks.events import IgnoredEvent, PaymentEvent, RefundEvent, WebhookEvent
 
 
-class EventsMixin:
-    """Mixed into RefundService."""
+class Events:
+    """Applies verified webhook events; a refund's new status goes through the Recorder."""
+
+    def __init__(self, db: Database, recorder: Recorder, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.recorder = recorder
+        self.now = now
 
     @traced_async("webhook.apply", lambda outcome: {"refund_mcp.webhook.outcome": outcome})
     async def apply_event(self, event: WebhookEvent) -> str:
         """Record one verified event; returns what happened: applied | replay | ignored | external | unknown."""
-        now = self.clock()
+        now = self.now()
         async with self.db.write() as conn:
             seen = await conn.execute(
                 select(tables.webhook_events.c.event_id).where(
@@ -104,7 +113,7 @@ class EventsMixin:
             if _supersedes(event, row):
                 await self._supersede_failure(conn, row, event, now)
                 return "applied"
-            await self.apply_processor_state(conn, row.id, answer, actor=f"webhook:{event.processor}", action="refund.webhook")
+            await self.recorder.apply_processor_state(conn, row.id, answer, actor=f"webhook:{event.processor}", action="refund.webhook")
             return "applied"
         # Not ours: a refund made elsewhere (e.g. a dashboard). Record it so balances stay right.
         canonical, txn = await self._event_transaction(conn, event)

@@ -6,6 +6,7 @@ processor created it is unknown, so nobody but a person who checked the processo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -13,12 +14,22 @@ from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
 from refund_mcp.domain.errors import NotSupported, ValidationFailed
 from refund_mcp.domain.models import RefundStatus
-from refund_mcp.service import resend, views
+from refund_mcp.processors.registry import ProcessorRegistry
+from refund_mcp.service import rendering, resend, views
+from refund_mcp.service.rows import refund_row
+from refund_mcp.settings import Settings
 from refund_mcp.store import queries
+from refund_mcp.store.database import Database
 
 
-class OperatorActionsMixin:
-    """Mixed into RefundService."""
+class OperatorActions:
+    """An operator's decisions about queued refunds the worker stopped on, and the list of them."""
+
+    def __init__(self, db: Database, processors: ProcessorRegistry, settings: Settings, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.processors = processors
+        self.settings = settings
+        self.now = now
 
     async def stuck_refunds(self) -> list[views.RefundView]:
         """Queued refunds the worker will not send on its own (retry deadline passed, or an earlier attempt may have
@@ -35,7 +46,7 @@ class OperatorActionsMixin:
                     .order_by(refunds.c.created_at)
                 )
             ).all()
-        return [self._refund_view(row) for row in rows]
+        return [rendering.refund_view(row) for row in rows]
 
     async def resolve_queued(
         self, refund_id: str, *, outcome: Literal["failed", "retry"], operator: str, note: str | None = None
@@ -49,9 +60,9 @@ class OperatorActionsMixin:
         operator = (operator or "").strip()
         if not operator:
             raise ValidationFailed("--by must name the operator", fields=["by"])
-        now = self.clock()
+        now = self.now()
         async with self.db.write() as conn:
-            row = await self._get_row(conn, refund_id)
+            row = await refund_row(conn, refund_id)
             if row.status != RefundStatus.QUEUED.value:
                 raise NotSupported(f"refund {refund_id} is {row.status}; only a queued refund can be resolved by hand")
             if row.claimed_until is not None and row.claimed_until > now:
@@ -90,7 +101,7 @@ class OperatorActionsMixin:
                     detail={"note": note, "maybe_sent": bool(row.maybe_sent), "attempts": row.attempts},
                 ),
             )
-            view = self._refund_view(await queries.get_refund(conn, refund_id))
+            view = rendering.refund_view(await queries.get_refund(conn, refund_id))
         if outcome == "failed":
             view.message = "Marked failed; the amount is released."
         elif plan.step is resend.Step.SEARCH:
