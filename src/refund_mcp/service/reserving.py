@@ -213,23 +213,17 @@ class Reserver:
         The same idempotency key committed meanwhile for another payment (which this payment's row lock does
         not serialize with) fails the key's insert: the whole reservation is taken once more, and then sees
         that key, so the caller gets the original refund or [idempotency_conflict], never an internal error."""
-        try:
-            return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed)
-        except IntegrityError:
-            if req.idempotency_key is None:
-                raise
-            return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed)
+        for last in (False, True):
+            try:
+                return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed)
+            except IntegrityError:
+                if last or req.idempotency_key is None:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _reserve_once(
-        self,
-        actor: str,
-        req: RefundInput,
-        ref: TransactionRef,
-        info: TransactionInfo | None,
-        currency: str | None,
-        confirmation: Confirmation,
-        request: dict[str, Any],
-        confirmed: ConfirmedTerms | None,
+        self, actor: str, req: RefundInput, ref: TransactionRef, info: TransactionInfo | None, currency: str | None,
+        confirmation: Confirmation, request: dict[str, Any], confirmed: ConfirmedTerms | None,
     ) -> Reservation:
         now = self.now()
         engine = self.policy.engine()
