@@ -59,7 +59,7 @@ from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.base import Processor
 from refund_mcp.processors.registry import ProcessorRegistry
-from refund_mcp.service import attempts, identity, views
+from refund_mcp.service import attempts, daily_caps, identity, views
 from refund_mcp.service.approvals import ApprovalsMixin
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.confirmation import ConfirmedTerms, Prefetched, Preview
@@ -758,6 +758,8 @@ class RefundService(ApprovalsMixin, OperatorActionsMixin, EventsMixin):
                 ),
             )
             row = await queries.get_refund(conn, refund_id)
+            # Last, so the daily caps' counters are locked only until the commit that follows.
+            await daily_caps.take(conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now)
         if submit:
             # Claimed by this call and committed: _submit can use this row without reading it again.
             self._just_reserved[refund_id] = row
