@@ -115,7 +115,7 @@ def _pg_function() -> str:
 DECLARE
 {declare}
   o_cap bigint := 0; n_cap bigint := 0;
-  scope text;
+  bucket_scope text;
 BEGIN
   IF TG_OP <> 'INSERT' THEN
 {take_old}
@@ -142,21 +142,21 @@ BEGIN
 
   IF TG_OP = 'UPDATE' AND OLD.actor = NEW.actor AND OLD.currency = NEW.currency AND OLD.created_at = NEW.created_at THEN
     IF n_cap <> o_cap THEN
-      FOREACH scope IN ARRAY ARRAY['*', 'actor:' || NEW.actor] LOOP
-        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (scope, NEW.currency, {hour.format(row="NEW")}, n_cap - o_cap)
+      FOREACH bucket_scope IN ARRAY ARRAY['*', 'actor:' || NEW.actor] LOOP
+        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (bucket_scope, NEW.currency, {hour.format(row="NEW")}, n_cap - o_cap)
         ON CONFLICT (scope, currency, hour_start) DO UPDATE SET amount_minor = cap_usage.amount_minor + excluded.amount_minor;
       END LOOP;
     END IF;
   ELSE
     IF o_cap <> 0 THEN
-      FOREACH scope IN ARRAY ARRAY['*', 'actor:' || OLD.actor] LOOP
-        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (scope, OLD.currency, {hour.format(row="OLD")}, -o_cap)
+      FOREACH bucket_scope IN ARRAY ARRAY['*', 'actor:' || OLD.actor] LOOP
+        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (bucket_scope, OLD.currency, {hour.format(row="OLD")}, -o_cap)
         ON CONFLICT (scope, currency, hour_start) DO UPDATE SET amount_minor = cap_usage.amount_minor + excluded.amount_minor;
       END LOOP;
     END IF;
     IF n_cap <> 0 THEN
-      FOREACH scope IN ARRAY ARRAY['*', 'actor:' || NEW.actor] LOOP
-        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (scope, NEW.currency, {hour.format(row="NEW")}, n_cap)
+      FOREACH bucket_scope IN ARRAY ARRAY['*', 'actor:' || NEW.actor] LOOP
+        INSERT INTO cap_usage (scope, currency, hour_start, amount_minor) VALUES (bucket_scope, NEW.currency, {hour.format(row="NEW")}, n_cap)
         ON CONFLICT (scope, currency, hour_start) DO UPDATE SET amount_minor = cap_usage.amount_minor + excluded.amount_minor;
       END LOOP;
     END IF;
