@@ -67,8 +67,9 @@ async def add_payment(conn: AsyncConnection, payment_id: str, captured_minor: in
     )
 
 
-async def insert_refund(conn: AsyncConnection, refund: Refund) -> None:
-    """As the reservation does: the row, then (an agent refund that counts) its cap usage, uncapped."""
+async def insert_refund(conn: AsyncConnection, refund: Refund, *, take_cap_usage: bool = True) -> None:
+    """As the reservation does: the row, then (an agent refund that counts) its cap usage, uncapped.
+    `take_cap_usage=False`: the row alone, as before revision 0011."""
     await conn.execute(
         insert(tables.refunds).values(
             id=refund.id, transaction_id=refund.transaction_id, processor="sandbox", status=refund.status,
@@ -77,7 +78,7 @@ async def insert_refund(conn: AsyncConnection, refund: Refund) -> None:
             created_at=refund.created_at, updated_at=refund.created_at,
         )
     )
-    if refund.counted:
+    if refund.counted and take_cap_usage:
         refused = await cap_usage.take(
             conn, actor=refund.actor, currency=refund.currency, created_at=refund.created_at, amount_minor=refund.amount_minor, caps={}
         )

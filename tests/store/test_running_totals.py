@@ -5,6 +5,7 @@ fresh sum of the refunds, and the balance and the window totals read them."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,10 +15,10 @@ import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, text
+from sqlalchemy import delete, inspect, text
 
 from refund_mcp.domain.models import TransactionInfo
-from refund_mcp.store import cap_usage, queries, tables
+from refund_mcp.store import cap_usage, migrations, queries, tables
 from refund_mcp.store.database import Database
 from tests.store.refund_rows import (
     BASE,
@@ -171,6 +172,37 @@ async def test_a_corrupted_total_is_found(db: Database) -> None:
         await conn.execute(text("UPDATE transactions SET reserved_minor = 1 WHERE id = 'sandbox:p'"))
         [row] = await queries.running_total_mismatches(conn)
     assert (row.id, row.reserved_minor, row.summed_reserved_minor) == ("sandbox:p", 1, 400)
+
+
+async def test_upgrading_a_0010_database_backfills_the_totals_and_the_buckets(db_url: str) -> None:
+    database = Database(db_url)
+    try:
+        await migrations.upgrade(database.engine, "0010")
+        refunds = [
+            Refund(f"re_{index}", f"sandbox:p{index % 3}", status, 100 * (index + 1), maybe_sent=index % 2 == 1,
+                   origin="external" if index == 5 else "agent", actor=f"agent-{index % 2}", created_at=BASE + hours(index % 3))
+            for index, status in enumerate(STATUSES * 2)
+        ]
+        payments = sorted({refund.transaction_id for refund in refunds})
+        async with database.write() as conn:
+            for payment in payments:
+                await add_payment(conn, payment)
+            for refund in refunds:
+                await insert_refund(conn, refund, take_cap_usage=False)
+        assert "0011" in [step.revision for step in await database.migrate()]
+        async with database.read() as conn:
+            await assert_books_match(conn, refunds, payments)
+        await migrations.downgrade(database.engine, "0010")
+        async with database.engine.connect() as conn:
+            columns = await conn.run_sync(lambda sync: {column["name"] for column in inspect(sync).get_columns("transactions")})
+            assert "reserved_minor" not in columns and not await conn.run_sync(lambda sync: inspect(sync).has_table("cap_usage"))
+        async with database.write() as conn:  # the triggers went with them: refunds can change again at 0010
+            await change_refund(conn, refunds[0], status="cancelled")
+        await database.migrate()
+        async with database.read() as conn:
+            await assert_books_match(conn, [replace(refunds[0], status="cancelled"), *refunds[1:]], payments)
+    finally:
+        await database.dispose()
 
 
 # --- random histories ---------------------------------------------------------------------------------

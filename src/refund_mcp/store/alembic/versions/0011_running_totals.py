@@ -218,6 +218,7 @@ def downgrade() -> None:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER {name}")
     op.drop_table("cap_usage")
-    with op.batch_alter_table("transactions", schema=None) as batch_op:
-        for column in reversed(TOTAL_COLUMNS):
-            batch_op.drop_column(column)
+    # Not a batch (copy-and-move) on SQLite: dropping the old table would break the refunds' foreign keys.
+    # SQLite >= 3.35 drops a column in place, as PostgreSQL does.
+    for column in reversed(TOTAL_COLUMNS):
+        op.execute(f"ALTER TABLE transactions DROP COLUMN {column}")
