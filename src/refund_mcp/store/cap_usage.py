@@ -25,10 +25,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from refund_mcp.store import tables
+from refund_mcp.store import tables, upsert
 
 C = tables.cap_usage
 EVERYONE = "*"
@@ -61,10 +60,6 @@ async def _lock_scopes(conn: AsyncConnection, currency: str, ordered: list[str])
     await conn.execute(select(*locks))  # evaluated left to right: always "*" before an actor
 
 
-def _upsert(conn: AsyncConnection) -> object:
-    return postgresql.insert(C) if conn.dialect.name == "postgresql" else sqlite.insert(C)
-
-
 async def take(
     conn: AsyncConnection,
     *,
@@ -95,7 +90,7 @@ async def take(
     for scope in ordered:
         cap = caps.get(scope)
         past = others.get(scope, 0)
-        statement = _upsert(conn).values(scope=scope, currency=currency, hour_start=current, amount_minor=amount_minor)
+        statement = upsert.insert(conn, C).values(scope=scope, currency=currency, hour_start=current, amount_minor=amount_minor)
         if cap is None:
             statement = statement.on_conflict_do_update(
                 index_elements=[C.c.scope, C.c.currency, C.c.hour_start],

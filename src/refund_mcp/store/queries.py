@@ -11,8 +11,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
-from refund_mcp.store import cap_usage
-from refund_mcp.store import tables
+from refund_mcp.store import cap_usage, tables, upsert
 
 R = tables.refunds
 T = tables.transactions
@@ -35,9 +34,13 @@ async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: Tra
         "created_at": info.created_at,
         "updated_at": now,
     }
-    updated = await conn.execute(update(T).where(T.c.id == canonical_id).values(**values))
-    if updated.rowcount == 0:
-        await conn.execute(insert(T).values(id=canonical_id, first_seen_at=now, **values))
+    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
+    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
+    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
+    statement = upsert.insert(conn, T).values(
+        id=canonical_id, first_seen_at=now, **values
+    )
+    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
 
 
 async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool = False) -> Row[Any] | None:
