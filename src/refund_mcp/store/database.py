@@ -8,6 +8,9 @@ Every write runs in `Database.write()`, which serializes writers:
   write appends to the audit chain, so this one lock orders all writers across replicas,
   which makes the balance check, daily caps and the hash chain race-free together. Writes
   are short (no network call is ever made inside one), so the lock is held for milliseconds.
+  Balances and daily caps do not depend on it (the payment's row lock and running totals, and
+  store/cap_usage.py), nor does the audit chain (audit.append locks the head itself):
+  `serialize_writers=False` drops it, which the race tests on PostgreSQL do.
 """
 
 from __future__ import annotations
