@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -91,19 +92,13 @@ async def take(
         cap = caps.get(scope)
         past = others.get(scope, 0)
         statement = upsert.insert(conn, C).values(scope=scope, currency=currency, hour_start=current, amount_minor=amount_minor)
-        if cap is None:
-            statement = statement.on_conflict_do_update(
-                index_elements=[C.c.scope, C.c.currency, C.c.hour_start],
-                set_={"amount_minor": C.c.amount_minor + statement.excluded.amount_minor},
-            )
-        else:
-            if past + amount_minor > cap:  # the INSERT path below does not check
+        added = C.c.amount_minor + statement.excluded.amount_minor
+        conflict: dict[str, Any] = {"index_elements": [C.c.scope, C.c.currency, C.c.hour_start], "set_": {"amount_minor": added}}
+        if cap is not None:
+            if past + amount_minor > cap:  # the INSERT path (no row for this hour yet) does not check
                 return scope
-            statement = statement.on_conflict_do_update(
-                index_elements=[C.c.scope, C.c.currency, C.c.hour_start],
-                set_={"amount_minor": C.c.amount_minor + statement.excluded.amount_minor},
-                where=C.c.amount_minor + statement.excluded.amount_minor + past <= cap,
-            )
+            conflict["where"] = added + past <= cap  # checked on the row's latest version, locked
+        statement = statement.on_conflict_do_update(**conflict)
         if (await conn.execute(statement.returning(C.c.amount_minor))).first() is None:
             return scope
     return None
