@@ -37,9 +37,7 @@ async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: Tra
     # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
     # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
     # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
-    statement = upsert.insert(conn, T).values(
-        id=canonical_id, first_seen_at=now, **values
-    )
+    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
     await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
 
 
