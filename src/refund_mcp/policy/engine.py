@@ -83,7 +83,7 @@ class PolicyRequest:
     transaction_customer_ref: str | None  # from the payment (email or customer id)
     transaction_created_at: datetime | None  # tz-aware UTC
     refunds_on_transaction: int  # existing refunds on this transaction that are not failed/cancelled
-    actor_daily_minor: int  # this actor's reserved+succeeded refunds in `currency`, last 24 h, excluding this one
+    actor_daily_minor: int  # this actor's reserved+succeeded refunds in `currency`, last 24 h (from the top of the hour), excluding this one
     global_daily_minor: int  # all actors, same
     now: datetime
     # The processor behind the account in `processor` (stripe for stripe@eu, ucs for checkout): a policy
