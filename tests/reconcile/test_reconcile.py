@@ -254,3 +254,19 @@ async def test_adyen_refunds_are_reported_as_not_checkable(world):
     assert run.code == 0
     [adyen_result] = run.json()["processors"]
     assert adyen_result["not_checked"] == 1 and adyen_result["listed"] is None
+
+
+async def test_running_totals_that_differ_from_the_refunds_need_a_human(world):
+    from sqlalchemy import text
+
+    transaction_id = await world.seed("paypal", refund_outcome="PENDING")
+    await world.refund(transaction_id, 1000)
+    clean = await reconcile(world, "--processor", "paypal", "--format", "json")
+    assert clean.code == 0 and _findings(clean.json(), "mismatched") == []
+    async with world.app.db.write() as conn:  # what a write that bypassed the triggers would leave
+        payment = (await conn.execute(text("SELECT transaction_id FROM refunds"))).scalar_one()
+        await conn.execute(text("UPDATE transactions SET reserved_minor = reserved_minor + 5 WHERE id = :id"), {"id": payment})
+    run = await reconcile(world, "--processor", "paypal", "--format", "json")
+    assert run.code == 1
+    [finding] = _findings(run.json(), "mismatched")
+    assert finding["transaction_id"] == payment and "reserved_minor 1005 (its refunds sum to 1000)" in finding["detail"]

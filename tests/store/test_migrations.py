@@ -15,7 +15,7 @@ from refund_mcp.audit import log as audit
 from refund_mcp.cli import main
 from refund_mcp.store import migrations, tables
 from refund_mcp.store.database import Database, create_engine
-from tests.conftest import make_app, pg_url, sqlite_url
+from tests.conftest import make_app, sqlite_url
 
 pytestmark = pytest.mark.anyio
 
@@ -73,20 +73,6 @@ async def _counts(engine: AsyncEngine) -> dict[str, int]:
             name: (await conn.execute(text(f"SELECT COUNT(*) FROM {name}"))).scalar_one()
             for name in ("transactions", "refunds", "idempotency_keys", "audit_log")
         }
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path)
-        return
-    base = pg_url()
-    if base is None:
-        pytest.skip("REFUND_MCP_TEST_PG_URL is not set: PostgreSQL tests need a reachable server")
-    from tests.support.pg import temporary_database
-
-    async with temporary_database(base) as url:
-        yield url
 
 
 async def test_a_fresh_database_is_at_head_and_matches_the_models(db_url: str) -> None:

@@ -38,10 +38,14 @@ def _iso(value: datetime) -> str:
 async def append(conn: AsyncConnection, entry: AuditEntry) -> int:
     """Append one record to the chain inside `conn`'s transaction; returns its seq.
 
-    The caller's transaction comes from Database.write(), which already holds the writer lock,
-    so reading the head and inserting after it cannot interleave with another writer.
+    The head is read locked (FOR UPDATE on PostgreSQL; SQLite's writer lock is the database's), so reading
+    it and inserting after it cannot interleave with another writer even without Database.write()'s
+    global writer lock (already held then: locking it again costs nothing).
     """
-    head = (await conn.execute(select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1))).one()
+    query = select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    head = (await conn.execute(query)).one()
     seq = head.seq + 1
     body: dict[str, Any] = {
         "seq": seq,

@@ -38,6 +38,9 @@ _REFUND_TOOL = "create_refund"
 _DRY_RUN_TOOL = "check_refund_policy"
 
 
+DAILY_CAP_KINDS = ("per_actor_daily", "global_daily")
+
+
 class Outcome(enum.StrEnum):
     """What the policy says about a request. Strictness: DENY > NEEDS_APPROVAL > NEEDS_CONFIRMATION > ALLOW."""
 
@@ -80,7 +83,7 @@ class PolicyRequest:
     transaction_customer_ref: str | None  # from the payment (email or customer id)
     transaction_created_at: datetime | None  # tz-aware UTC
     refunds_on_transaction: int  # existing refunds on this transaction that are not failed/cancelled
-    actor_daily_minor: int  # this actor's reserved+succeeded refunds in `currency`, last 24 h, excluding this one
+    actor_daily_minor: int  # this actor's reserved+succeeded refunds in `currency`, last 24 h (from the top of the hour), excluding this one
     global_daily_minor: int  # all actors, same
     now: datetime
     # The processor behind the account in `processor` (stripe for stripe@eu, ucs for checkout): a policy
@@ -99,6 +102,7 @@ class RuleResult:
     outcome: Outcome
     detail: str
     approvers: int = 1  # for an approval threshold that asked: how many different humans must approve
+    cap_minor: int | None = None  # for a daily cap that applied: the cap in the refund's currency
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,17 @@ class Decision:
     def approvers_required(self) -> int:
         """For NEEDS_APPROVAL: the most approvers any setting that asked for approval wants (strictest wins)."""
         return max((result.approvers for result in self.deciding if result.outcome is Outcome.NEEDS_APPROVAL), default=1)
+
+    def daily_caps(self) -> dict[str, RuleResult]:
+        """The tightest daily cap of each kind that applied ("per_actor_daily", "global_daily"): the evaluated
+        setting with the smallest cap. The reservation re-checks these under its lock (store/cap_usage.py)."""
+        tightest: dict[str, RuleResult] = {}
+        for result in self.rules:
+            kind = result.name.rsplit(".", 1)[-1]
+            if kind in DAILY_CAP_KINDS and result.cap_minor is not None:
+                if kind not in tightest or result.cap_minor < tightest[kind].cap_minor:  # type: ignore[operator]
+                    tightest[kind] = result
+        return tightest
 
     def explain(self) -> str:
         """The deciding settings as one line ("name: detail; name: detail"), for error messages."""
@@ -327,12 +342,14 @@ def _daily_check(caps: dict[str, int], name: str, request: PolicyRequest, so_far
             Outcome.DENY,
             f"{_display(so_far, currency)} refunded in the last 24 h plus {_display(amount, currency)} "
             f"is above the {scope} daily cap {_display(cap, currency)}",
+            cap_minor=cap,
         )
     return RuleResult(
         name,
         Outcome.ALLOW,
         f"{_display(total, currency)} in the last 24 h including this refund is within the {scope} daily cap "
         f"{_display(cap, currency)}",
+        cap_minor=cap,
     )
 
 

@@ -131,12 +131,14 @@ class Limits(_PolicyModel):
     )
     per_actor_daily: CurrencyAmounts | None = Field(
         default=None,
-        description="Cap on one actor's refunds per currency over the last 24 hours; a currency missing here is denied.",
+        description="Cap on one actor's refunds per currency over the last 24 hours; a currency missing here is denied. "
+        "Counted by the hour: the window starts at the top of the hour 24 hours ago (24 to 25 hours), so the cap "
+        "is never exceeded but may refuse up to an hour's refunds early.",
     )
     global_daily: CurrencyAmounts | None = Field(
         default=None,
         description="Cap on all actors' refunds together per currency over the last 24 hours; a currency missing "
-        "here is denied.",
+        "here is denied. Counted by the hour like per_actor_daily (a window of 24 to 25 hours).",
     )
     max_refunds_per_transaction: Count | None = Field(
         default=None, description="Most refunds (not failed or cancelled) one transaction may have."

@@ -39,7 +39,7 @@ from refund_mcp.domain.money import MAX_AMOUNT_MINOR, format_display, normalize_
 from refund_mcp.observability.tracing import traced_async
 from refund_mcp.policy import Decision, Outcome, PolicyHolder, PolicyRequest
 from refund_mcp.processors.registry import ProcessorRegistry
-from refund_mcp.service import rendering, views
+from refund_mcp.service import daily_caps, rendering, views
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.confirmation import ConfirmedTerms
 from refund_mcp.service.gate import decision_record
@@ -356,6 +356,8 @@ class Reserver:
             )
             # Claimed by this call and committed: the submitter can use this row without reading it again.
             row = await queries.get_refund(conn, refund_id)
+            # Last, so the daily caps' counters are locked only until the commit that follows.
+            await daily_caps.take(conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now)
         view = rendering.refund_view(row)
         view.message = message
         return Reservation(view, row, submit)

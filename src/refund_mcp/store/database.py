@@ -8,6 +8,9 @@ Every write runs in `Database.write()`, which serializes writers:
   write appends to the audit chain, so this one lock orders all writers across replicas,
   which makes the balance check, daily caps and the hash chain race-free together. Writes
   are short (no network call is ever made inside one), so the lock is held for milliseconds.
+  Balances and daily caps do not depend on it (the payment's row lock and running totals, and
+  store/cap_usage.py), nor does the audit chain (audit.append locks the head itself):
+  `serialize_writers=False` drops it, which the race tests on PostgreSQL do.
 """
 
 from __future__ import annotations
@@ -64,8 +67,12 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, serialize_writers: bool = True) -> None:
+        """`serialize_writers=False` (PostgreSQL): no global writer lock. Balances and daily caps stay
+        race-free without it (row locks, the running totals' triggers, store/cap_usage.py) and the audit
+        chain locks its head itself; tests use it to prove that."""
         self.url = url
+        self.serialize_writers = serialize_writers
         self.engine = create_engine(url)
         self.dialect = self.engine.dialect.name
         self._local_writer = asyncio.Lock() if self.dialect == "sqlite" else None
@@ -81,7 +88,8 @@ class Database:
                 yield conn
             return
         async with self.engine.begin() as conn:
-            await conn.execute(select(tables.audit_head.c.seq).where(tables.audit_head.c.id == 1).with_for_update())
+            if self.serialize_writers:
+                await conn.execute(select(tables.audit_head.c.seq).where(tables.audit_head.c.id == 1).with_for_update())
             yield conn
 
     @asynccontextmanager

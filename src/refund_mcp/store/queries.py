@@ -11,7 +11,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
-from refund_mcp.store import tables
+from refund_mcp.store import cap_usage, tables, upsert
 
 R = tables.refunds
 T = tables.transactions
@@ -34,9 +34,11 @@ async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: Tra
         "created_at": info.created_at,
         "updated_at": now,
     }
-    updated = await conn.execute(update(T).where(T.c.id == canonical_id).values(**values))
-    if updated.rowcount == 0:
-        await conn.execute(insert(T).values(id=canonical_id, first_seen_at=now, **values))
+    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
+    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
+    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
+    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
+    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
 
 
 async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool = False) -> Row[Any] | None:
@@ -68,46 +70,66 @@ class Balance:
 
 
 async def balance(conn: AsyncConnection, txn: Row[Any]) -> Balance:
-    rows = (
-        await conn.execute(
-            select(R.c.status, R.c.maybe_sent, func.coalesce(func.sum(R.c.amount_minor), 0), func.count())
-            .where(R.c.transaction_id == txn.id)
-            .group_by(R.c.status, R.c.maybe_sent)
-        )
-    ).all()
-    succeeded = reserved = at_processor = active = 0
-    for status, maybe_sent, total, count in rows:
-        total = int(total)
-        if status == RefundStatus.SUCCEEDED.value:
-            succeeded += total
-        if status in _RESERVING:
-            reserved += total
-        # Refunds the processor holds, or may hold (an attempt with an unknown outcome), are already
-        # inside the processor's "refunded so far"; they must not be counted a second time as external.
-        if status in _AT_PROCESSOR or (status == RefundStatus.QUEUED.value and maybe_sent):
-            at_processor += total
-        if status not in ("failed", "cancelled"):
-            active += int(count)
-    # The processor's "refunded so far" includes ours; whatever it reports beyond what we know of was refunded
-    # elsewhere (a dashboard, another tool) and must count too.
+    """The balance of a payment row read in this transaction (locked by the caller when it decides on it).
+
+    O(1): the refund sums are the payment's running totals, which triggers on `refunds` keep (revision 0011)."""
+    succeeded, reserved, at_processor = int(txn.succeeded_minor), int(txn.reserved_minor), int(txn.at_processor_minor)
+    # The processor's "refunded so far" includes ours, those it holds or may hold (an attempt with an unknown
+    # outcome) included; whatever it reports beyond what we know of was refunded elsewhere (a dashboard,
+    # another tool) and must count too.
     external = max(0, int(txn.processor_refunded_minor) - succeeded - at_processor)
-    return Balance(int(txn.captured_minor), succeeded, reserved, external, active)
+    return Balance(int(txn.captured_minor), succeeded, reserved, external, int(txn.active_refunds))
+
+
+def _refund_sums() -> Any:
+    """Per payment, the running totals recomputed from its refunds (what the triggers must agree with)."""
+    amount = R.c.amount_minor
+    at_processor = or_(R.c.status.in_(_AT_PROCESSOR), and_(R.c.status == RefundStatus.QUEUED.value, R.c.maybe_sent.is_(True)))
+    return (
+        select(
+            R.c.transaction_id,
+            func.sum(case((R.c.status.in_(_RESERVING), amount), else_=0)).label("reserved_minor"),
+            func.sum(case((R.c.status == RefundStatus.SUCCEEDED.value, amount), else_=0)).label("succeeded_minor"),
+            func.sum(case((at_processor, amount), else_=0)).label("at_processor_minor"),
+            func.sum(case((R.c.status.in_([RefundStatus.FAILED.value, RefundStatus.CANCELLED.value]), 0), else_=1)).label("active_refunds"),
+        )
+        .group_by(R.c.transaction_id)
+        .subquery()
+    )
+
+
+RUNNING_TOTALS = ("reserved_minor", "succeeded_minor", "at_processor_minor", "active_refunds")
+
+
+async def running_total_mismatches(conn: AsyncConnection, limit: int = 100) -> list[Row[Any]]:
+    """Payments whose running totals differ from a fresh sum of their refunds: (id, then each total as
+    stored and as summed). Empty when the triggers kept every total right."""
+    sums = _refund_sums()
+    stored = [T.c[name] for name in RUNNING_TOTALS]
+    summed = [func.coalesce(sums.c[name], 0).label(f"summed_{name}") for name in RUNNING_TOTALS]
+    query = (
+        select(T.c.id, *stored, *summed)
+        .select_from(T.outerjoin(sums, sums.c.transaction_id == T.c.id))
+        .where(or_(*(stored_col != summed_col for stored_col, summed_col in zip(stored, summed, strict=True))))
+        .order_by(T.c.id)
+        .limit(limit)
+    )
+    return list((await conn.execute(query)).all())
 
 
 async def daily_totals(conn: AsyncConnection, *, currency: str, since: datetime, actor: str) -> tuple[int, int]:
-    """(this actor's, everyone's) reserved + succeeded refunds in `currency` created since `since` (rolling window)."""
-    amount = R.c.amount_minor
-    query = select(
-        func.coalesce(func.sum(case((R.c.actor == actor, amount), else_=0)), 0),
-        func.coalesce(func.sum(amount), 0),
-    ).where(
-        R.c.currency == currency,
-        R.c.created_at >= since,
-        R.c.origin == "agent",
-        R.c.status.in_(_RESERVING + [RefundStatus.SUCCEEDED.value]),
-    )
-    mine, everyone = (await conn.execute(query)).one()
-    return int(mine), int(everyone)
+    """(this actor's, everyone's) agent refunds in `currency` that count against the daily caps (reserved or
+    succeeded), created since the start of `since`'s hour: the window is up to one hour longer than asked,
+    never shorter, so a cap checked on it is never exceeded. Sums about 25 cap_usage rows per scope."""
+    return await cap_usage.window_sums(conn, currency=currency, since=since, actor=actor)
+
+
+async def take_cap_usage(
+    conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, amount_minor: int, caps: dict[str, int | None]
+) -> str | None:
+    """Count a new agent refund against the daily caps if it fits (store/cap_usage.py take): None, or the
+    scope whose cap it would exceed."""
+    return await cap_usage.take(conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps)
 
 
 async def get_refund(conn: AsyncConnection, refund_id: str) -> Row[Any] | None:

@@ -64,6 +64,13 @@ transactions = Table(
     Column("created_at", UTCDateTime),
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Running totals of this payment's refunds, kept by triggers on `refunds` (revision 0011) so that
+    # queries.balance reads one row instead of summing the refunds. Never written by application code.
+    Column("reserved_minor", BigInteger, nullable=False, server_default="0"),  # reserving statuses
+    Column("succeeded_minor", BigInteger, nullable=False, server_default="0"),
+    # pending/requires_action, or queued with maybe_sent: already inside processor_refunded_minor
+    Column("at_processor_minor", BigInteger, nullable=False, server_default="0"),
+    Column("active_refunds", BigInteger, nullable=False, server_default="0"),  # not failed/cancelled
 )
 
 refunds = Table(
@@ -148,6 +155,21 @@ Index(
 # The console's filters: each is an equality on a leading column, then the keyset order.
 Index("ix_refunds_status_created", refunds.c.status, refunds.c.created_at, refunds.c.id)
 Index("ix_refunds_processor_created", refunds.c.processor, refunds.c.created_at, refunds.c.id)
+
+# The daily caps' counters: agent refunds that count against a cap (reserving or succeeded), summed per
+# scope ("*" for everyone, "actor:<name>"), currency and hour of creation. The reservation adds a new
+# refund (queries.take_cap_usage, checked against the cap); triggers on `refunds` (revision 0011) move a
+# refund's amount out of, or back into, its hour when it stops or starts counting. A window read sums
+# about 25 rows per scope, a primary-key range (WITHOUT ROWID on SQLite: the rows are the index).
+cap_usage = Table(
+    "cap_usage",
+    metadata,
+    Column("scope", String(210), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("hour_start", UTCDateTime, primary_key=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
 
 idempotency_keys = Table(
     "idempotency_keys",

@@ -1,0 +1,40 @@
+"""Counting a reserved refund against the daily caps, at the end of its reservation.
+
+The policy decided on totals read without a lock; this takes the refund's room under the tightest
+per-actor and global caps that applied, atomically (store/cap_usage.py). When a concurrent refund used
+that room in between, the reservation is refused and rolled back whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from refund_mcp.domain.errors import PolicyDenied
+from refund_mcp.domain.money import format_display
+from refund_mcp.policy.engine import Decision
+from refund_mcp.store import cap_usage, queries
+
+_SCOPE_WORDS = {"per_actor_daily": "per-actor", "global_daily": "global"}
+
+
+async def take(conn: AsyncConnection, decision: Decision, *, actor: str, currency: str, amount_minor: int, created_at: datetime) -> None:
+    """The reservation's last statement: raises PolicyDenied, naming the cap, if the refund no longer fits."""
+    applied = decision.daily_caps()
+    everyone, mine = cap_usage.scopes(actor)
+    rules = {everyone: applied.get("global_daily"), mine: applied.get("per_actor_daily")}
+    caps = {scope: rule.cap_minor if rule is not None else None for scope, rule in rules.items()}
+    refused = await queries.take_cap_usage(
+        conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps
+    )
+    if refused is None:
+        return
+    rule = rules[refused]
+    assert rule is not None and rule.cap_minor is not None
+    kind = rule.name.rsplit(".", 1)[-1]
+    raise PolicyDenied(
+        f"{rule.name}: {format_display(amount_minor, currency)} no longer fits under the {_SCOPE_WORDS[kind]} daily cap "
+        f"{format_display(rule.cap_minor, currency)}: other refunds reserved at the same time used the room left. "
+        "Nothing was reserved; check the policy again before retrying."
+    )

@@ -1,0 +1,14 @@
+"""INSERT ... ON CONFLICT for the connection's dialect (SQLite >= 3.24 and PostgreSQL share the syntax)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+def insert(conn: AsyncConnection, table: Table) -> Any:
+    """An insert() that has on_conflict_do_update (postgresql.Insert or sqlite.Insert)."""
+    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
