@@ -72,6 +72,14 @@ def _body(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+def _columns(entry: AuditEntry) -> dict[str, Any]:
+    """The record's indexed columns (chain.INDEXED_FIELDS but seq)."""
+    return {
+        "at": entry.at, "actor": entry.actor, "action": entry.action, "target": entry.target,
+        "outcome": entry.outcome, "error_code": entry.error_code,
+    }
+
+
 async def append(conn: AsyncConnection, entry: AuditEntry) -> int | None:
     """Append one record inside `conn`'s transaction; its seq, or None on PostgreSQL (given when sealed).
 
@@ -94,20 +102,7 @@ async def _append_to_chain(conn: AsyncConnection, entry: AuditEntry, notificatio
     seq = head.seq + 1
     text = canonical_json({"seq": seq, **_body(entry)})
     digest = record_hash(head.hash, text)
-    await conn.execute(
-        insert(tables.audit_log).values(
-            seq=seq,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            outcome=entry.outcome,
-            error_code=entry.error_code,
-            body=text,
-            prev_hash=head.hash,
-            hash=digest,
-        )
-    )
+    await conn.execute(insert(tables.audit_log).values(seq=seq, **_columns(entry), body=text, prev_hash=head.hash, hash=digest))
     await conn.execute(update(tables.audit_head).where(tables.audit_head.c.id == 1).values(seq=seq, hash=digest))
     if notification is not None:
         await conn.execute(insert(tables.notifications).values(**outbox_row(notification, seq=seq, at=entry.at)))
@@ -118,12 +113,7 @@ async def _append_pending(conn: AsyncConnection, entry: AuditEntry, notification
     """PostgreSQL: one insert; the sealer runs once this transaction commits (Database.write)."""
     await conn.execute(
         insert(tables.audit_pending).values(
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            outcome=entry.outcome,
-            error_code=entry.error_code,
+            **_columns(entry),
             body=canonical_json(_body(entry)),
             notification=notification.to_json() if notification is not None else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -159,16 +160,23 @@ idempotency_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+def _audit_record_columns() -> list[Column[Any]]:
+    """The fields a record is looked up by, stored beside its body (sealed or pending alike)."""
+    return [
+        Column("at", UTCDateTime, nullable=False),
+        Column("actor", String(200), nullable=False),
+        Column("action", String(60), nullable=False),
+        Column("target", String(200)),
+        Column("outcome", String(40), nullable=False),
+        Column("error_code", String(40)),
+    ]
+
+
 audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", AutoId, primary_key=True, autoincrement=True),
-    Column("at", UTCDateTime, nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("action", String(60), nullable=False),
-    Column("target", String(200)),
-    Column("outcome", String(40), nullable=False),
-    Column("error_code", String(40)),
+    *_audit_record_columns(),
     # The canonical JSON of the whole record (the columns above included); the hash covers it.
     Column("body", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
@@ -184,12 +192,7 @@ audit_pending = Table(
     "audit_pending",
     metadata,
     Column("id", AutoId, primary_key=True, autoincrement=True),
-    Column("at", UTCDateTime, nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("action", String(60), nullable=False),
-    Column("target", String(200)),
-    Column("outcome", String(40), nullable=False),
-    Column("error_code", String(40)),
+    *_audit_record_columns(),
     Column("body", Text, nullable=False),
     Column("notification", Text),
 )
