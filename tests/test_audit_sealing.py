@@ -90,6 +90,29 @@ async def test_a_write_through_database_write_is_sealed_when_it_commits(db: Data
 
 
 @pytest.mark.postgres
+async def test_concurrent_writes_seal_themselves_and_the_chain_stays_dense(db: Database) -> None:
+    writes = 40
+    await asyncio.gather(*(_write_one(db, f"w{index}") for index in range(writes)))
+    await sealing.seal_all(db.engine)  # what a write's own seal skipped while another sealer ran
+    rows = await chain(db)
+    assert [row.seq for row in rows] == list(range(1, writes + 1))
+    assert sorted(row.target for row in rows) == sorted(f"w{index}" for index in range(writes))
+    assert (await audit.verify(db.engine)).ok
+
+
+@pytest.mark.postgres
+async def test_metrics_show_unsealed_records_and_the_oldest_ones_age(db: Database) -> None:
+    from refund_mcp.observability.state import read_snapshot
+
+    await append_alone(db, entry("m", at=NOW - timedelta(seconds=30)))
+    snap = await read_snapshot(db, NOW)
+    assert (snap.audit_unsealed, snap.audit_unsealed_oldest_age_seconds) == (1, 30.0)
+    await sealing.seal(db.engine)
+    snap = await read_snapshot(db, NOW)
+    assert (snap.audit_unsealed, snap.audit_unsealed_oldest_age_seconds) == (0, 0.0)
+
+
+@pytest.mark.postgres
 async def test_a_write_does_not_wait_for_the_chains_head(db: Database) -> None:
     async with db.engine.begin() as sealer:  # a sealer at work holds the head row
         await sealer.execute(select(tables.audit_head).where(tables.audit_head.c.id == 1).with_for_update())
@@ -226,3 +249,20 @@ async def test_the_migration_refuses_to_drop_unsealed_records(db: Database) -> N
         await migrations.downgrade(db.engine, "0010")
     async with db.engine.connect() as conn:
         assert (await conn.execute(text("SELECT COUNT(*) FROM audit_pending"))).scalar_one() == 1
+
+
+@pytest.mark.postgres
+async def test_cli_verify_names_records_left_unsealed_as_a_finding_not_a_break(db: Database, pg_database: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    await append_alone(db, entry("forgotten", at=datetime.now(UTC) - timedelta(minutes=5)))
+    env = {"REFUND_MCP_DB": pg_database, "PATH": "/usr/bin:/bin", **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "refund_mcp", "audit", "verify"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "audit chain OK: 1 record(s)" in done.stdout
+    assert "1 record(s) not sealed for more than 60 s" in done.stdout and "is a worker running?" in done.stdout
+    assert await pending_count(db) == 0

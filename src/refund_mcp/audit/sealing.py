@@ -104,11 +104,15 @@ async def seal_all(engine: AsyncEngine, batch: int = BATCH) -> int:
 
 async def seal_quietly(engine: AsyncEngine) -> None:
     """The after-commit hook: best effort, never waits for another sealer, never fails the write
-    that has already committed (the worker seals what is left)."""
-    try:
-        await seal(engine)
-    except Exception:
-        logger.warning("sealing audit records after a write failed; the worker will seal them", exc_info=True)
+    that has already committed (the worker seals what is left). Shielded: a caller cancelled now must
+    not take its committed write for a failed one."""
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        try:
+            await seal(engine)
+        except Exception:
+            logger.warning("sealing audit records after a write failed; the worker will seal them", exc_info=True)
 
 
 async def seal_forever(engine: AsyncEngine, stop: Any, interval_seconds: float = SEAL_INTERVAL_SECONDS) -> None:
