@@ -4,7 +4,7 @@ How a record joins the hash chain depends on the database:
 - SQLite has one writer at a time (`BEGIN IMMEDIATE`), so `append` extends the chain at once: read
   the head, insert the record with seq+1 and its hash, move the head.
 - PostgreSQL: "sealed in sequence". `append` inserts the record into `audit_pending` (no seq, no
-  hash), touching no row another writer needs, so writers never wait for each other. A sealer
+  hash), touching no row another writer needs: the chain never makes writers wait. A sealer
   (audit/sealing.py: right after such a write commits, every ~0.5 s from the worker, and before
   `audit verify`/`checkpoint`/`export`) moves committed pending records into `audit_log` in
   pending-id order, giving each its seq, prev_hash and hash exactly as SQLite would. So seq stays

@@ -3,7 +3,7 @@
 Every state change a human must hear about is already an audit record written in the change's own
 transaction, so the outbox row is decided right there too (`audit.log.append`): one place covers every
 path that can fail, park or decide a refund, and the notification commits or rolls back with the change
-it announces. On SQLite the row is written at once (`enqueue_for`); on PostgreSQL it is written when the
+it announces. On SQLite the row is written at once; on PostgreSQL it is written when the
 record is sealed into the chain (audit/sealing.py), so its `audit_seq` is the record's real seq.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.store import tables
@@ -130,16 +130,3 @@ def outbox_row(notification: PendingNotification, *, seq: int, at: datetime) -> 
         "attempts": 0,
         "next_attempt_at": at,
     }
-
-
-async def enqueue_for(
-    conn: AsyncConnection, *, seq: int, at: datetime, actor: str, action: str, target: str | None, outcome: str,
-    detail: Mapping[str, Any] | None,
-) -> str | None:
-    """Write the notification this audit record calls for (in the caller's transaction); its id, or None."""
-    notification = await notification_for(conn, at=at, actor=actor, action=action, target=target, outcome=outcome, detail=detail)
-    if notification is None:
-        return None
-    row = outbox_row(notification, seq=seq, at=at)
-    await conn.execute(insert(tables.notifications).values(**row))
-    return str(row["id"])
