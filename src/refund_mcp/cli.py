@@ -58,6 +58,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from refund_mcp.app import LazyApp
+    from refund_mcp.audit.sealing import seal_forever
     from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever
 
     settings = _settings()
@@ -94,6 +95,7 @@ async def _serve(args: argparse.Namespace) -> int:
                     async with anyio.create_task_group() as jobs:
                         if checkpoints is not None:
                             jobs.start_soon(run_checkpoints, built.db.engine, checkpoints, stop_worker)
+                        jobs.start_soon(seal_forever, built.db.engine, stop_worker)
                         await run_forever(built.service, settings.worker_interval_seconds, stop_worker, built.notifier)
 
                 tg.start_soon(app.run_worker, work, settings.worker_interval_seconds, stop_worker)
@@ -116,6 +118,7 @@ async def _worker(args: argparse.Namespace) -> int:
     import anyio
 
     from refund_mcp.app import App
+    from refund_mcp.audit.sealing import seal_all, seal_forever
     from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever, run_once
 
     try:
@@ -127,6 +130,7 @@ async def _worker(args: argparse.Namespace) -> int:
     try:
         if args.once:
             handled = await run_once(app.service, app.notifier)
+            await seal_all(app.db.engine)  # a worker run from cron still seals what is pending
             print(f"handled {handled} item(s)", file=sys.stderr)
         else:
             print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
@@ -134,6 +138,7 @@ async def _worker(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 if checkpoints is not None:
                     tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop)
+                tg.start_soon(seal_forever, app.db.engine, stop)
                 await run_forever(app.service, app.settings.worker_interval_seconds, stop, app.notifier)
     finally:
         await app.aclose()
@@ -273,6 +278,8 @@ async def _audit_verify(args: argparse.Namespace, db: Any) -> int:
         print(f"audit chain BROKEN at record {result.bad_seq}: {result.problem}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"audit chain OK: {result.records} record(s)")
+    for finding in audit.unsealed_findings(result):
+        print(finding)
     if anchors is None:
         print(WITHOUT_CHECKPOINTS)
     else:

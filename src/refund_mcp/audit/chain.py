@@ -42,6 +42,8 @@ class VerifyResult:
     records: int
     problem: str | None = None
     bad_seq: int | None = None
+    unsealed: int = 0  # PostgreSQL: records committed but not yet in the chain (not tamper-evident yet)
+    stale_unsealed: int = 0  # of those found before sealing, how many had waited longer than the window
 
 
 class ChainWalker:

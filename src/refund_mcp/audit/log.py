@@ -1,20 +1,41 @@
-"""Append-only audit log, written in the caller's transaction so it commits with the change it records."""
+"""Append-only audit log, written in the caller's transaction so it commits with the change it records.
+
+How a record joins the hash chain depends on the database:
+- SQLite has one writer at a time (`BEGIN IMMEDIATE`), so `append` extends the chain at once: read
+  the head, insert the record with seq+1 and its hash, move the head.
+- PostgreSQL: "sealed in sequence". `append` inserts the record into `audit_pending` (no seq, no
+  hash), touching no row another writer needs: the chain never makes writers wait. A sealer
+  (audit/sealing.py: right after such a write commits, every ~0.5 s from the worker, and before
+  `audit verify`/`checkpoint`/`export`) moves committed pending records into `audit_log` in
+  pending-id order, giving each its seq, prev_hash and hash exactly as SQLite would. So seq stays
+  dense and the stored chain, `audit verify` and signed checkpoints are unchanged for sealed records.
+
+The window: a record commits atomically with the business change it records, but until it is
+sealed (normally well under a second; bounded by the worker's sealing interval) it has no seq and
+is not tamper-evident: the hash chain does not cover it yet. A record whose transaction commits
+after a later one has been sealed is sealed in a later batch, so its seq is later than records
+committed before it: seq is the chain's order, not the order in which transactions began.
+Readers (`trail`, `latest`) show pending records after sealed ones, so nothing is hidden meanwhile.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from refund_mcp.audit import sealing
 from refund_mcp.audit.chain import ChainWalker, StoredRecord, VerifyResult, canonical_json, record_hash
 from refund_mcp.audit.redact import redact
-from refund_mcp.notify.outbox import enqueue_for
+from refund_mcp.notify.outbox import PendingNotification, notification_for, outbox_row
 from refund_mcp.store import tables
+from refund_mcp.store.database import AFTER_COMMIT
 
 
 @dataclass
@@ -35,20 +56,9 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-async def append(conn: AsyncConnection, entry: AuditEntry) -> int:
-    """Append one record to the chain inside `conn`'s transaction; returns its seq.
-
-    The head is read locked (FOR UPDATE on PostgreSQL; SQLite's writer lock is the database's), so reading
-    it and inserting after it cannot interleave with another writer even without Database.write()'s
-    global writer lock (already held then: locking it again costs nothing).
-    """
-    query = select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    head = (await conn.execute(query)).one()
-    seq = head.seq + 1
-    body: dict[str, Any] = {
-        "seq": seq,
+def _body(entry: AuditEntry) -> dict[str, Any]:
+    """The record's canonical fields, all but its seq (given when it joins the chain)."""
+    return {
         "at": _iso(entry.at),
         "actor": entry.actor,
         "action": entry.action,
@@ -60,27 +70,58 @@ async def append(conn: AsyncConnection, entry: AuditEntry) -> int:
         "processor_request_id": entry.processor_request_id,
         "detail": redact(entry.detail) if entry.detail is not None else None,
     }
-    text = canonical_json(body)
+
+
+def _columns(entry: AuditEntry) -> dict[str, Any]:
+    """The record's indexed columns (chain.INDEXED_FIELDS but seq)."""
+    return {
+        "at": entry.at, "actor": entry.actor, "action": entry.action, "target": entry.target,
+        "outcome": entry.outcome, "error_code": entry.error_code,
+    }
+
+
+async def append(conn: AsyncConnection, entry: AuditEntry) -> int | None:
+    """Append one record inside `conn`'s transaction; its seq, or None on PostgreSQL (given when sealed).
+
+    Records a human must hear about (approval wanted, decided, stuck, failed) also go to the
+    notifications outbox: decided here, from the state this transaction sees, and written with the
+    record's seq (at once on SQLite, by the sealer on PostgreSQL)."""
+    notification = await notification_for(
+        conn, at=entry.at, actor=entry.actor, action=entry.action, target=entry.target, outcome=entry.outcome, detail=entry.detail
+    )
+    if conn.dialect.name == "postgresql":
+        await _append_pending(conn, entry, notification)
+        return None
+    return await _append_to_chain(conn, entry, notification)
+
+
+async def _append_to_chain(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> int:
+    """SQLite: the caller's transaction began with BEGIN IMMEDIATE, so nobody can append between the
+    head read and the head update."""
+    head = (await conn.execute(select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1))).one()
+    seq = head.seq + 1
+    text = canonical_json({"seq": seq, **_body(entry)})
     digest = record_hash(head.hash, text)
+    await conn.execute(insert(tables.audit_log).values(seq=seq, **_columns(entry), body=text, prev_hash=head.hash, hash=digest))
+    await conn.execute(update(tables.audit_head).where(tables.audit_head.c.id == 1).values(seq=seq, hash=digest))
+    if notification is not None:
+        await conn.execute(insert(tables.notifications).values(**outbox_row(notification, seq=seq, at=entry.at)))
+    return seq
+
+
+async def _append_pending(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> None:
+    """PostgreSQL: one insert; the sealer runs once this transaction commits (Database.write)."""
     await conn.execute(
-        insert(tables.audit_log).values(
-            seq=seq,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            target=entry.target,
-            outcome=entry.outcome,
-            error_code=entry.error_code,
-            body=text,
-            prev_hash=head.hash,
-            hash=digest,
+        insert(tables.audit_pending).values(
+            **_columns(entry),
+            body=canonical_json(_body(entry)),
+            notification=notification.to_json() if notification is not None else None,
         )
     )
-    await conn.execute(update(tables.audit_head).where(tables.audit_head.c.id == 1).values(seq=seq, hash=digest))
-    # Records a human must hear about (approval wanted, decided, stuck, failed) also go to the
-    # notifications outbox, in this same transaction.
-    await enqueue_for(conn, seq=seq, at=entry.at, actor=entry.actor, action=entry.action, target=entry.target, outcome=entry.outcome, detail=entry.detail)
-    return seq
+    hooks = conn.info.get(AFTER_COMMIT)
+    if hooks is not None:
+        engine = conn.engine
+        hooks.setdefault("audit.seal", lambda: sealing.seal_quietly(engine))
 
 
 def _stored(row: Any) -> StoredRecord:
@@ -117,8 +158,12 @@ async def _stream(engine: AsyncEngine, batch: int = 5000, upto: int | None = Non
         last = rows[-1].seq
 
 
-async def verify(engine: AsyncEngine, anchors: Mapping[int, str] | None = None) -> VerifyResult:
-    """Walk the chain up to its head; `anchors` ({seq: hash} from signed checkpoints) must match too."""
+async def verify(engine: AsyncEngine, anchors: Mapping[int, str] | None = None, now: datetime | None = None) -> VerifyResult:
+    """Seal what is pending, then walk the chain up to its head; `anchors` ({seq: hash} from signed
+    checkpoints) must match too. Pending records that waited longer than sealing.STALE_AFTER are
+    reported (`stale_unsealed`): nothing was sealing them."""
+    stale = await sealing.count_unsealed(engine, older_than=(now or datetime.now(UTC)) - sealing.STALE_AFTER)
+    await sealing.seal_all(engine)
     async with engine.connect() as conn:
         head = (await conn.execute(select(tables.audit_head).where(tables.audit_head.c.id == 1))).one()
     walker = ChainWalker(anchors)
@@ -126,19 +171,64 @@ async def verify(engine: AsyncEngine, anchors: Mapping[int, str] | None = None) 
     async for record in _stream(engine, upto=head.seq):
         if not walker.feed(record):
             break
-    return walker.finish(head.seq, head.hash)
+    result = walker.finish(head.seq, head.hash)
+    unsealed = await sealing.count_unsealed(engine)
+    return dataclasses.replace(result, unsealed=unsealed, stale_unsealed=stale)
+
+
+def unsealed_findings(result: VerifyResult) -> list[str]:
+    """What `audit verify` says about records outside the chain (PostgreSQL); not chain breaks."""
+    window = int(sealing.STALE_AFTER.total_seconds())
+    findings = []
+    if result.stale_unsealed:
+        findings.append(
+            f"finding: {result.stale_unsealed} record(s) not sealed for more than {window} s (sealed now) — is a worker running?"
+        )
+    if result.unsealed:
+        findings.append(
+            f"{result.unsealed} record(s) committed since are not sealed yet: they are not tamper-evident until the next seal."
+        )
+    return findings
 
 
 async def export(engine: AsyncEngine) -> AsyncIterator[dict[str, Any]]:
-    """Every record as a dict (the body plus its hashes), in chain order, for JSONL export."""
+    """Every sealed record as a dict (the body plus its hashes), in chain order, for JSONL export.
+    What is pending is sealed first, so the export ends with the records committed before it began."""
+    await sealing.seal_all(engine)
     async for record in _stream(engine):
         yield {**json.loads(record.body), "prev_hash": record.prev_hash, "hash": record.hash}
 
 
+def _sealed_then_pending(sealed: Select[Any], pending: Select[Any]) -> Any:
+    """One statement (one snapshot), so a record sealed meanwhile is neither missed nor shown twice."""
+    return union_all(
+        sealed.add_columns(literal(0).label("is_pending"), tables.audit_log.c.seq.label("position")),
+        pending.add_columns(literal(1).label("is_pending"), tables.audit_pending.c.id.label("position")),
+    ).subquery()
+
+
 async def trail(conn: AsyncConnection, target: str, limit: int = 200) -> list[dict[str, Any]]:
-    rows = (
-        await conn.execute(
-            select(tables.audit_log.c.body).where(tables.audit_log.c.target == target).order_by(tables.audit_log.c.seq).limit(limit)
-        )
-    ).all()
-    return [json.loads(row.body) for row in rows]
+    """The records about `target` in chain order: sealed ones by seq, then pending ones (seq None) by id."""
+    log, pending = tables.audit_log, tables.audit_pending
+    if conn.dialect.name != "postgresql":  # SQLite appends straight to the chain
+        rows = (await conn.execute(select(log.c.body).where(log.c.target == target).order_by(log.c.seq).limit(limit))).all()
+        return [json.loads(row.body) for row in rows]
+    both = _sealed_then_pending(select(log.c.body).where(log.c.target == target), select(pending.c.body).where(pending.c.target == target))
+    rows = (await conn.execute(select(both.c.body, both.c.is_pending).order_by(both.c.is_pending, both.c.position).limit(limit))).all()
+    return [{"seq": None, **json.loads(row.body)} if row.is_pending else json.loads(row.body) for row in rows]
+
+
+async def latest(conn: AsyncConnection, *, action: str, target: str | None = None) -> Any:
+    """The newest record of `action` about `target` (None: about nothing in particular), pending ones
+    included; a row with `at`, `outcome` and `body`, or None."""
+    log, pending = tables.audit_log, tables.audit_pending
+
+    def about(table: Any) -> Any:
+        return table.c.target.is_(None) if target is None else table.c.target == target
+
+    sealed = select(log.c.at, log.c.outcome, log.c.body).where(about(log), log.c.action == action)
+    if conn.dialect.name != "postgresql":
+        return (await conn.execute(sealed.order_by(log.c.seq.desc()).limit(1))).first()
+    both = _sealed_then_pending(sealed, select(pending.c.at, pending.c.outcome, pending.c.body).where(about(pending), pending.c.action == action))
+    query = select(both.c.at, both.c.outcome, both.c.body).order_by(both.c.is_pending.desc(), both.c.position.desc()).limit(1)
+    return (await conn.execute(query)).first()

@@ -1,9 +1,10 @@
 """Which audit records become notifications, and writing them to the outbox.
 
 Every state change a human must hear about is already an audit record written in the change's own
-transaction, so the outbox row is written right there too (`audit.log.append` calls `enqueue_for`):
-one place covers every path that can fail, park or decide a refund, and the notification commits or
-rolls back with the change it announces.
+transaction, so the outbox row is decided right there too (`audit.log.append`): one place covers every
+path that can fail, park or decide a refund, and the notification commits or rolls back with the change
+it announces. On SQLite the row is written at once; on PostgreSQL it is written when the
+record is sealed into the chain (audit/sealing.py), so its `audit_seq` is the record's real seq.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.store import tables
@@ -54,15 +56,34 @@ def new_event_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-async def enqueue_for(
-    conn: AsyncConnection, *, seq: int, at: datetime, actor: str, action: str, target: str | None, outcome: str,
+@dataclass(frozen=True)
+class PendingNotification:
+    """The outbox row an audit record calls for, read while the record's change is current; it gets
+    the record's seq (`audit_seq`) when written. On PostgreSQL it waits, as JSON, for the record to be
+    sealed (audit/sealing.py); on SQLite it is written at once."""
+
+    type: str
+    refund_id: str | None
+    body: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, "refund_id": self.refund_id, "body": self.body}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PendingNotification:
+        data = json.loads(text)
+        return cls(type=data["type"], refund_id=data["refund_id"], body=data["body"])
+
+
+async def notification_for(
+    conn: AsyncConnection, *, at: datetime, actor: str, action: str, target: str | None, outcome: str,
     detail: Mapping[str, Any] | None,
-) -> str | None:
-    """Write the notification this audit record calls for (in the caller's transaction); its id, or None."""
+) -> PendingNotification | None:
+    """The notification this audit record calls for, or None (most records call for none)."""
     kind = event_type(action, outcome, detail)
     if kind is None:
         return None
-    body: dict[str, Any] = {"type": kind, "actor": actor, "action": action, "audit_seq": seq, "occurred_at": at.isoformat()}
+    body: dict[str, Any] = {"type": kind, "actor": actor, "action": action, "occurred_at": at.isoformat()}
     refund_id = None
     if kind == RECONCILE_NEEDS_HUMAN:
         summary = (detail or {}).get("summary")
@@ -93,18 +114,19 @@ async def enqueue_for(
             body["expires_at"] = row.approval_expires_at.isoformat() if row.approval_expires_at else None
         if kind == APPROVAL_DECIDED:
             body["decision"] = row.approval_state
-    event_id = new_event_id()
-    await conn.execute(
-        insert(tables.notifications).values(
-            id=event_id,
-            type=kind,
-            refund_id=refund_id,
-            audit_seq=seq,
-            body=json.dumps(body, sort_keys=True, separators=(",", ":")),
-            created_at=at,
-            delivered_channels="",
-            attempts=0,
-            next_attempt_at=at,
-        )
-    )
-    return event_id
+    return PendingNotification(type=kind, refund_id=refund_id, body=body)
+
+
+def outbox_row(notification: PendingNotification, *, seq: int, at: datetime) -> dict[str, Any]:
+    """The notifications row for `notification`, announcing audit record `seq` (appended at `at`)."""
+    return {
+        "id": new_event_id(),
+        "type": notification.type,
+        "refund_id": notification.refund_id,
+        "audit_seq": seq,
+        "body": json.dumps(notification.body | {"audit_seq": seq}, sort_keys=True, separators=(",", ":")),
+        "created_at": at,
+        "delivered_channels": "",
+        "attempts": 0,
+        "next_attempt_at": at,
+    }

@@ -54,12 +54,15 @@ class Snapshot:
     reconcile_at: float | None = None
     reconcile_attention: bool = False
     reconcile_summary: dict[str, int] = field(default_factory=dict)
+    audit_unsealed: int = 0
+    audit_unsealed_oldest_age_seconds: float = 0.0
 
 
 async def read_snapshot(db: Any, now: datetime) -> Snapshot:
+    from refund_mcp.audit import log as audit
     from refund_mcp.store import tables
 
-    refunds, log = tables.refunds, tables.audit_log
+    refunds = tables.refunds
     currencies = _iso_currencies()
     snap = Snapshot(by_status={status: 0 for status in OPEN_STATUSES})
     query = (
@@ -75,15 +78,14 @@ async def read_snapshot(db: Any, now: datetime) -> Snapshot:
         .where(refunds.c.status.in_(OPEN_STATUSES))
         .group_by(refunds.c.status, refunds.c.currency)
     )
-    last_reconcile = (
-        select(log.c.at, log.c.outcome, log.c.body)
-        .where(log.c.target.is_(None), log.c.action == RECONCILE_ACTION)
-        .order_by(log.c.seq.desc())
-        .limit(1)
-    )
+    unsealed = select(func.count(), func.min(tables.audit_pending.c.at))
     async with db.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-        reconcile = (await conn.execute(last_reconcile)).first()
+        reconcile = await audit.latest(conn, action=RECONCILE_ACTION)
+        unsealed_count, unsealed_oldest = (await conn.execute(unsealed)).one()
+    snap.audit_unsealed = int(unsealed_count)
+    oldest_unsealed = _aware(unsealed_oldest)
+    snap.audit_unsealed_oldest_age_seconds = max(0.0, (now - oldest_unsealed).total_seconds()) if oldest_unsealed else 0.0
     oldest: datetime | None = None
     for status, currency, count, amount, created_min, maybe_sent, no_next in rows:
         snap.by_status[status] += count
@@ -171,6 +173,16 @@ class StateCollector(Collector):
         )
         yield _gauge("refund_mcp_refunds_stuck", "Queued refunds past their retry deadline, waiting for an operator.", value=snap.stuck)
         yield _gauge("refund_mcp_approvals_pending", "Refunds waiting for a human approver.", value=snap.pending_approvals)
+        yield _gauge(
+            "refund_mcp_audit_unsealed_records",
+            "Audit records committed but not yet sealed into the hash chain (PostgreSQL; not tamper-evident yet).",
+            value=snap.audit_unsealed,
+        )
+        yield _gauge(
+            "refund_mcp_audit_unsealed_oldest_age_seconds",
+            "Age of the oldest audit record not yet sealed (0 when none); growing means nothing is sealing.",
+            value=snap.audit_unsealed_oldest_age_seconds,
+        )
         yield from self._breakers()
         if snap.reconcile_at is not None:
             yield _gauge("refund_mcp_reconcile_last_run_timestamp_seconds", "When the last reconciliation finished.", value=snap.reconcile_at)

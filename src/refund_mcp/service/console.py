@@ -55,7 +55,7 @@ class QueueItem(BaseModel):
 
 
 class TimelineEntry(BaseModel):
-    seq: int
+    seq: int | None = Field(description="None: committed, not yet sealed into the hash chain (PostgreSQL, normally < 1 s).")
     at: str
     actor: str
     action: str
@@ -100,6 +100,7 @@ class PolicyInfo(BaseModel):
 class ChainStatus(BaseModel):
     head_seq: int
     head_at: datetime | None
+    unsealed: int = Field(0, description="Records committed but not yet sealed into the chain (PostgreSQL).")
     verified: bool | None = Field(None, description="None: not verified since this process started.")
     verified_up_to: int | None = None
     verified_at: datetime | None = None
@@ -294,11 +295,7 @@ class ConsoleQueries:
             action_rows = (
                 await conn.execute(select(R).where(R.c.status == RefundStatus.REQUIRES_ACTION.value).order_by(R.c.created_at).limit(MAX_PAGE))
             ).all()
-            last = (
-                await conn.execute(
-                    select(A.c.body).where(A.c.target.is_(None), A.c.action == "reconcile.run").order_by(A.c.seq.desc()).limit(1)
-                )
-            ).first()
+            last = await audit.latest(conn, action="reconcile.run")
             undelivered = (await conn.execute(select(func.count()).select_from(N).where(N.c.next_attempt_at.is_not(None), N.c.attempts > 0))).scalar_one()
         import json
 
@@ -334,7 +331,8 @@ class ConsoleQueries:
         async with self.db.read() as conn:
             head = (await conn.execute(select(tables.audit_head.c.seq).where(tables.audit_head.c.id == 1))).scalar_one()
             at = (await conn.execute(select(A.c.at).where(A.c.seq == head))).scalar_one_or_none()
-        status = ChainStatus(head_seq=head, head_at=at)
+            unsealed = (await conn.execute(select(func.count()).select_from(tables.audit_pending))).scalar_one()
+        status = ChainStatus(head_seq=head, head_at=at, unsealed=unsealed)
         if self._last_verify is not None:
             status = status.model_copy(update=self._last_verify.model_dump(include={"verified", "verified_up_to", "verified_at", "problem"}))
         return status

@@ -4,13 +4,14 @@ Every write runs in `Database.write()`, which serializes writers:
 - SQLite: `BEGIN IMMEDIATE` takes the database's write lock at the start (not at the first
   write), so a balance read inside the transaction cannot be invalidated by another process;
   an in-process lock keeps this process's own tasks from spinning on SQLite's busy handler.
-- PostgreSQL: the transaction first locks the single `audit_head` row (`FOR UPDATE`). Every
-  write appends to the audit chain, so this one lock orders all writers across replicas,
-  which makes the balance check, daily caps and the hash chain race-free together. Writes
-  are short (no network call is ever made inside one), so the lock is held for milliseconds.
-  Balances and daily caps do not depend on it (the payment's row lock and running totals, and
-  store/cap_usage.py), nor does the audit chain (audit.append locks the head itself):
-  `serialize_writers=False` drops it, which the race tests on PostgreSQL do.
+- PostgreSQL: the audit chain takes no lock in the writer's transaction: records go to
+  `audit_pending` and are sealed into the chain after commit (audit/sealing.py). Balances and daily
+  caps do not depend on a global lock either (the payment's row lock and running totals, and
+  store/cap_usage.py). `serialize_writers=True` still takes one transaction-level advisory lock
+  (BUSINESS_WRITE_LOCK) in every write, ordering all writers across replicas.
+
+After a PostgreSQL write commits, the callables its statements registered under
+`conn.info[AFTER_COMMIT]` run (the audit sealer registers itself there when a record is appended).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import event, select
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from refund_mcp.store import migrations, tables
+from refund_mcp.store import migrations
 
 
 SQLITE_SYNCHRONOUS = "FULL"
+# conn.info key of a PostgreSQL write transaction: {name: async callable} to run once it has committed.
+AFTER_COMMIT = "refund_mcp.after_commit"
+# PostgreSQL advisory lock every write transaction holds to COMMIT: serializes balance checks and daily
+# caps (not the audit chain). Goes away once those serialize on the payment's row and cap counters.
+BUSINESS_WRITE_LOCK = 0x72656675  # "refu"
 
 
 def _sqlite_engine(url: str) -> AsyncEngine:
@@ -88,9 +94,13 @@ class Database:
                 yield conn
             return
         async with self.engine.begin() as conn:
+            conn.info[AFTER_COMMIT] = {}
             if self.serialize_writers:
-                await conn.execute(select(tables.audit_head.c.seq).where(tables.audit_head.c.id == 1).with_for_update())
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": BUSINESS_WRITE_LOCK})
             yield conn
+            after_commit = conn.info.pop(AFTER_COMMIT)
+        for hook in after_commit.values():
+            await hook()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -181,16 +182,23 @@ idempotency_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
+def _audit_record_columns() -> list[Column[Any]]:
+    """The fields a record is looked up by, stored beside its body (sealed or pending alike)."""
+    return [
+        Column("at", UTCDateTime, nullable=False),
+        Column("actor", String(200), nullable=False),
+        Column("action", String(60), nullable=False),
+        Column("target", String(200)),
+        Column("outcome", String(40), nullable=False),
+        Column("error_code", String(40)),
+    ]
+
+
 audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", AutoId, primary_key=True, autoincrement=True),
-    Column("at", UTCDateTime, nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("action", String(60), nullable=False),
-    Column("target", String(200)),
-    Column("outcome", String(40), nullable=False),
-    Column("error_code", String(40)),
+    *_audit_record_columns(),
     # The canonical JSON of the whole record (the columns above included); the hash covers it.
     Column("body", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
@@ -198,8 +206,22 @@ audit_log = Table(
 )
 Index("ix_audit_target", audit_log.c.target, audit_log.c.seq)
 
-# One row: the chain's head. Appending locks it, which also serializes every write transaction on
-# PostgreSQL (see store/database.py), so balances, daily caps and the chain never race.
+# PostgreSQL only: records appended but not yet sealed into `audit_log` (audit/sealing.py). Writers
+# insert here in their own transaction without touching any shared row; the sealer gives them seq and
+# hashes in id order. `body` is the record's canonical JSON without seq; `notification` the outbox row
+# the record calls for (JSON, written when the record is sealed, so it can carry the record's seq).
+audit_pending = Table(
+    "audit_pending",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    *_audit_record_columns(),
+    Column("body", Text, nullable=False),
+    Column("notification", Text),
+)
+Index("ix_audit_pending_target", audit_pending.c.target, audit_pending.c.id)
+
+# One row: the chain's head. Appending (SQLite) or sealing (PostgreSQL) locks it, so the chain never
+# forks; on SQLite every write transaction is serialized anyway (BEGIN IMMEDIATE, store/database.py).
 audit_head = Table(
     "audit_head",
     metadata,
