@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from mcp import Client, StdioServerParameters
-from tests.conftest import TEST_POLICY
+from refund_mcp.settings import Settings
+from tests.conftest import TEST_POLICY, sqlite_url
 from tests.support.servers import refund_mcp_command
 
 pytestmark = pytest.mark.anyio
@@ -77,3 +81,64 @@ def test_an_invalid_policy_is_still_refused_at_start_with_file_and_line(tmp_path
     stderr = proc.stderr.decode()
     assert "invalid policy" in stderr and f"{policy}:" in stderr, stderr[-2000:]
     assert "refund-mcp serving" not in stderr
+
+
+async def test_on_stdio_the_worker_starts_with_the_first_tool_call_and_then_retries_an_earlier_sessions_refund(app_factory, tmp_path):
+    """The worker never builds the App: an idle session stays without database and processor clients however
+    many worker intervals pass; the first tool call builds it, and the worker then picks up a refund that an
+    earlier session left queued."""
+    import anyio
+
+    from refund_mcp.app import LazyApp
+    from refund_mcp.worker import run_app_worker
+
+    async with app_factory() as earlier, Client(earlier.server) as client:
+        queued = (
+            await client.call_tool(
+                "create_refund", {"transaction_id": "sandbox:demo_usd_order", "reason": "service_issue", "amount_minor": 199}
+            )
+        ).structured_content
+        assert queued["status"] == "queued" and queued["retry"]["attempts"] == 1
+
+    interval = 0.01
+    settings = replace(
+        Settings.from_env({"REFUND_MCP_SANDBOX": "1"}),
+        db_url=sqlite_url(tmp_path), policy_path=TEST_POLICY, actor="stdio-agent", worker_interval_seconds=interval,
+    )
+    lazy = LazyApp(settings)
+    stop = anyio.Event()
+    worker_started = anyio.Event()
+
+    async def worker(app: Any) -> None:
+        worker_started.set()
+        # The earlier session's backoff has passed by now (the clock is injected, nothing sleeps through it).
+        real_clock = app.service.clock
+        app.service.clock = lambda: real_clock() + timedelta(minutes=10)
+        await run_app_worker(app, None, stop)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lazy.run_worker, worker, stop)
+            async with Client(lazy.server) as session:
+                assert (await session.list_tools()).tools
+                # Several worker intervals with no tool call: the App stays unbuilt and the worker waits.
+                with anyio.move_on_after(5 * interval):
+                    while True:
+                        assert lazy.built is None and not worker_started.is_set()
+                        await anyio.sleep(interval / 2)
+                assert lazy.built is None and not worker_started.is_set()
+
+                looked_up = await session.call_tool("lookup_transaction", {"transaction_id": "sandbox:demo_usd_large"})
+                assert not looked_up.is_error and lazy.built is not None
+                with anyio.fail_after(30):
+                    while True:
+                        status = (
+                            await session.call_tool("get_refund_status", {"refund_id": queued["refund_id"], "refresh": False})
+                        ).structured_content
+                        if status["retry"]["attempts"] >= 2:  # the worker sent it again, under the same key
+                            break
+                        await anyio.sleep(interval)
+                assert worker_started.is_set()
+            stop.set()
+    finally:
+        await lazy.aclose()

@@ -2,14 +2,13 @@
 
 `LazyApp` is how `serve` starts: what must be refused at start is checked at once (the policy file, the
 accounts it names), the MCP server is built from its static tool definitions, and the database engine,
-the store and the processor clients are imported and built on the first tool call (or the worker's first
-pass), so `initialize` and `tools/list` are answered without them.
+the store and the processor clients are imported and built on the first tool call, so `initialize` and
+`tools/list` are answered without them; the background worker starts once that App exists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
     from refund_mcp.processors.registry import ProcessorRegistry
     from refund_mcp.service.refunds import RefundService
     from refund_mcp.store.database import Database
-
-logger = logging.getLogger("refund_mcp.app")
-
 
 def stdio_actor(settings: Settings) -> Any:
     """On stdio there is no transport auth: the identity comes from configuration (REFUND_MCP_ACTOR)."""
@@ -184,6 +180,7 @@ class LazyApp:
         self._migrate = migrate
         self._app: App | None = None
         self._building: asyncio.Lock | None = None
+        self._built = asyncio.Event()  # bound to the running loop on first wait (Python >= 3.10)
 
     @property
     def built(self) -> App | None:
@@ -200,6 +197,7 @@ class LazyApp:
                 self._app = await App.create(
                     self.settings, http=self._http, migrate=self._migrate, policy=self.policy, server=self.server
                 )
+                self._built.set()
         return self._app
 
     async def service(self) -> RefundService:
@@ -209,26 +207,28 @@ class LazyApp:
         """SIGHUP re-reads the policy file now (it is also re-read when the file changes)."""
         _reload_policy_on_sighup(self.policy)
 
-    async def run_worker(self, run: Callable[[App], Awaitable[None]], delay_seconds: float, stop: Any) -> None:
-        """Start the worker one `delay_seconds` after start (or at once if a tool call built the App already).
+    async def run_worker(self, run: Callable[[App], Awaitable[None]], stop: Any) -> None:
+        """Run the worker (`run`) once the App exists, or return when `stop` is set first.
 
-        Waiting keeps the imports and the database's migrations out of the way of `initialize` and
-        `tools/list`; a build that fails is logged and tried again after the same delay."""
+        The worker never builds the App itself: over HTTP it is built before listening, on stdio by the first
+        tool call. An idle stdio session therefore holds no database engine, processor clients or service
+        (its resident memory stays near a bare MCP server's), and refunds queued by an earlier session are
+        retried once this one makes its first call, or by any HTTP `serve` or `refund-mcp worker` on the same
+        database. A build that fails is tried again by the next tool call, and the worker waits for it."""
         import anyio
 
-        while not stop.is_set():
-            if self._app is None:
-                with anyio.move_on_after(delay_seconds):
-                    await stop.wait()
-                if stop.is_set():
-                    return
-            try:
-                app = await self.get()
-            except Exception as exc:  # the worker must outlive a database that is not there yet
-                logger.warning("worker cannot start yet: %s: %s", type(exc).__name__, exc)
-                continue
-            await run(app)
+        async with anyio.create_task_group() as waiting:
+
+            async def give_up_on_stop() -> None:
+                await stop.wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(give_up_on_stop)
+            await self._built.wait()
+            waiting.cancel_scope.cancel()
+        if stop.is_set() or self._app is None:
             return
+        await run(self._app)
 
     async def aclose(self) -> None:
         if self._app is not None:

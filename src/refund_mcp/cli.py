@@ -58,8 +58,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
     from refund_mcp.app import LazyApp
-    from refund_mcp.audit.sealing import seal_forever
-    from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever
+    from refund_mcp.worker import checkpoint_schedule, run_app_worker
 
     settings = _settings()
     try:
@@ -90,15 +89,9 @@ async def _serve(args: argparse.Namespace) -> int:
             await app.get()
         async with anyio.create_task_group() as tg:
             if not args.no_worker:
-
-                async def work(built: Any) -> None:
-                    async with anyio.create_task_group() as jobs:
-                        if checkpoints is not None:
-                            jobs.start_soon(run_checkpoints, built.db.engine, checkpoints, stop_worker)
-                        jobs.start_soon(seal_forever, built.db.engine, stop_worker)
-                        await run_forever(built.service, settings.worker_interval_seconds, stop_worker, built.notifier)
-
-                tg.start_soon(app.run_worker, work, settings.worker_interval_seconds, stop_worker)
+                # Starts when the App is built: here already over HTTP, at the first tool call on stdio (so an
+                # idle stdio session holds neither the database engine nor the processor clients).
+                tg.start_soon(app.run_worker, lambda built: run_app_worker(built, checkpoints, stop_worker), stop_worker)
             if args.transport == "stdio":
                 _startup_summary(settings, app.policy, app.accounts, "stdio", "")
                 await app.server.run_stdio_async()
@@ -118,8 +111,8 @@ async def _worker(args: argparse.Namespace) -> int:
     import anyio
 
     from refund_mcp.app import App
-    from refund_mcp.audit.sealing import seal_all, seal_forever
-    from refund_mcp.worker import checkpoint_schedule, run_checkpoints, run_forever, run_once
+    from refund_mcp.audit.sealing import seal_all
+    from refund_mcp.worker import checkpoint_schedule, run_app_worker, run_once
 
     try:
         checkpoints = checkpoint_schedule(os.environ)
@@ -134,12 +127,7 @@ async def _worker(args: argparse.Namespace) -> int:
             print(f"handled {handled} item(s)", file=sys.stderr)
         else:
             print(f"refund-mcp worker running (processors: {', '.join(app.processors.names())})", file=sys.stderr)
-            stop = anyio.Event()
-            async with anyio.create_task_group() as tg:
-                if checkpoints is not None:
-                    tg.start_soon(run_checkpoints, app.db.engine, checkpoints, stop)
-                tg.start_soon(seal_forever, app.db.engine, stop)
-                await run_forever(app.service, app.settings.worker_interval_seconds, stop, app.notifier)
+            await run_app_worker(app, checkpoints, anyio.Event())
     finally:
         await app.aclose()
     return EXIT_OK
@@ -425,7 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--no-worker", action="store_true", help="do not run the retry/status worker in this process")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run the retry/status worker in this process (on stdio it starts with the first tool call, so refunds "
+        "queued by an earlier session are retried then, or by any HTTP serve or `refund-mcp worker` on the same database)",
+    )
 
     worker = sub.add_parser("worker", help="run the retry and status-sync loop alone")
     worker.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -19,6 +19,7 @@ import anyio
 from refund_mcp.domain.errors import RefundError
 
 if TYPE_CHECKING:  # serve imports this module at start, before the service layer is needed
+    from refund_mcp.app import App
     from refund_mcp.notify.delivery import Notifier
     from refund_mcp.service.refunds import RefundService
 
@@ -56,6 +57,19 @@ async def run_forever(
         if handled == 0:
             with anyio.move_on_after(interval_seconds):
                 await stop.wait()
+
+
+async def run_app_worker(app: App, schedule: CheckpointSchedule | None, stop: anyio.Event) -> None:
+    """Everything a worker does for one App until `stop`: the retry/status loop, the audit sealer and, when
+    configured, the audit checkpoints. `refund-mcp worker` runs it at once; `serve` once its App is built
+    (LazyApp.run_worker)."""
+    from refund_mcp.audit.sealing import seal_forever  # imports SQLAlchemy: only once there is an App
+
+    async with anyio.create_task_group() as jobs:
+        if schedule is not None:
+            jobs.start_soon(run_checkpoints, app.db.engine, schedule, stop)
+        jobs.start_soon(seal_forever, app.db.engine, stop)
+        await run_forever(app.service, app.settings.worker_interval_seconds, stop, app.notifier)
 
 
 @dataclass(frozen=True)
