@@ -9,6 +9,12 @@ Scripted outcomes, chosen by the last two digits of the refund amount in minor u
     ..99  the first attempt cannot reach the processor; the retry succeeds (shows `queued`)
     else  succeeded at once
 
+Load-test payments: besides the demo payments, the sandbox answers for `demo_load_<n>` (n a whole number
+from 1 to 1,000,000 written without leading zeros): a captured USD 1,000.00 payment made the day before
+the sandbox started, the same for every n, refundable like a demo payment (lookup, refund, status, the
+scripted outcomes). They exist on demand, so a load test can give every client payments of its own
+instead of contending on the eight demo payments.
+
 Idempotency and search, honestly: the sandbox keeps every key and every refund in this process's
 memory, for as long as the process lives, and forgets both together when it stops. No retention
 can be promised (None), but while it runs `find_refund` answers authoritatively from the same
@@ -55,8 +61,30 @@ DEMO_PAYMENTS: tuple[DemoPayment, ...] = (
 )
 
 
+LOAD_PAYMENT_PREFIX = "demo_load_"
+LOAD_PAYMENT_LIMIT = 1_000_000
+LOAD_PAYMENT_AMOUNT_MINOR = 100_000  # USD 1,000.00
+LOAD_PAYMENT_AGE_DAYS = 1
+
+
 def demo_transaction_ids() -> list[str]:
     return [f"sandbox:{payment.transaction_id}" for payment in DEMO_PAYMENTS]
+
+
+def load_payment(transaction_id: str) -> DemoPayment | None:
+    """The load-test payment `demo_load_<n>`, or None when the id is not one (n outside 1..1,000,000, not a
+    plain decimal number, or with leading zeros, so that every payment has exactly one id)."""
+    if not transaction_id.startswith(LOAD_PAYMENT_PREFIX):
+        return None
+    digits = transaction_id[len(LOAD_PAYMENT_PREFIX) :]
+    if not (digits.isascii() and digits.isdigit()) or digits.startswith("0") or len(digits) > len(str(LOAD_PAYMENT_LIMIT)):
+        return None
+    n = int(digits)
+    if n > LOAD_PAYMENT_LIMIT:
+        return None
+    return DemoPayment(
+        transaction_id, LOAD_PAYMENT_AMOUNT_MINOR, "USD", LOAD_PAYMENT_AGE_DAYS, f"load-{n}@example.com", f"Load-test order #{n}"
+    )
 
 
 class SandboxProcessor(Processor):
@@ -68,6 +96,7 @@ class SandboxProcessor(Processor):
 
     def __init__(self, now: datetime | None = None) -> None:
         start = now or datetime.now(UTC)
+        self._start = start
         self._payments = {payment.transaction_id: payment for payment in DEMO_PAYMENTS}
         self._created = {p.transaction_id: start - timedelta(days=p.age_days) for p in DEMO_PAYMENTS}
         self._refunded = {p.transaction_id: p.refunded_minor for p in DEMO_PAYMENTS}
@@ -76,11 +105,23 @@ class SandboxProcessor(Processor):
         self._by_our_id: dict[str, str] = {}  # our refund id -> the sandbox refund id
         self._unreachable_once: set[str] = set()
 
-    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+    def _payment(self, transaction_id: str) -> DemoPayment | None:
+        """A demo payment, or a load-test payment, remembered from its first mention on."""
         payment = self._payments.get(transaction_id)
+        if payment is None and (payment := load_payment(transaction_id)) is not None:
+            # Midnight (UTC) of the day before the start: the same for every server process started that day.
+            day = self._start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            self._payments[transaction_id] = payment
+            self._created[transaction_id] = day - timedelta(days=payment.age_days)
+            self._refunded[transaction_id] = payment.refunded_minor
+        return payment
+
+    async def lookup_transaction(self, transaction_id: str) -> TransactionInfo:
+        payment = self._payment(transaction_id)
         if payment is None:
             raise TransactionNotFound(
-                f"sandbox has no payment {transaction_id!r}; demo payments: {', '.join(demo_transaction_ids())}"
+                f"sandbox has no payment {transaction_id!r}; demo payments: {', '.join(demo_transaction_ids())}; "
+                f"load-test payments: sandbox:{LOAD_PAYMENT_PREFIX}1 to sandbox:{LOAD_PAYMENT_PREFIX}{LOAD_PAYMENT_LIMIT}"
             )
         return TransactionInfo(
             processor=self.name,
@@ -104,7 +145,7 @@ class SandboxProcessor(Processor):
             if first_request != request:
                 raise IdempotencyConflict("sandbox: this idempotency key was used for a different refund")
             return self._by_id[first_answer.processor_refund_id]
-        payment = self._payments.get(request.transaction_id)
+        payment = self._payment(request.transaction_id)
         if payment is None:
             raise TransactionNotFound(f"sandbox has no payment {request.transaction_id!r}")
         if request.currency != payment.currency:
