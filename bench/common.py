@@ -31,17 +31,6 @@ REALISTIC_POLICY = POLICY_DIR / "realistic.yaml"
 BENCH_ACTOR = "bench-agent"
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
-# Demo payments of the built-in sandbox that still have a balance, with what each one holds. Distinct-
-# transaction load is approximated by spreading 1-unit refunds over these (the sandbox has no more).
-REFUNDABLE_DEMO_PAYMENTS = (
-    "sandbox:demo_usd_large",  # USD 900.00
-    "sandbox:demo_jpy_order",  # JPY 15000
-    "sandbox:demo_kwd_order",  # KWD 12.500
-    "sandbox:demo_usd_order",  # USD 120.00
-    "sandbox:demo_eur_partly_refunded",  # EUR 60.00 left
-    "sandbox:demo_usd_old",  # USD 40.00, 400 days old (the bench policy allows it)
-)
-
 
 # ------------------------------------------------------------------ run configuration
 
@@ -313,6 +302,30 @@ def refund_args(transaction_id: str, key: str, amount_minor: int = 1) -> dict[st
 
 def unique_prefix() -> str:
     return secrets.token_hex(4)
+
+
+class LoadPayments:
+    """Payments of their own for each client: the sandbox's load-test payments `demo_load_<n>`.
+
+    Client i draws `demo_load_<i × PER_CLIENT + k>` for k = 1, 2, … (a new payment for every refund), so no
+    two clients ever refund the same payment and what the throughput measures is distinct-payment load,
+    not waiting for one another's payment row. Keep one instance per database: the next draw continues
+    where the last load on that database stopped, so every payment starts with its full balance.
+    """
+
+    PER_CLIENT = 10_000  # the sandbox has demo_load_1 .. demo_load_1000000: room for 100 clients
+    LIMIT = 1_000_000
+
+    def __init__(self) -> None:
+        self._drawn: dict[int, int] = {}
+
+    def next(self, client: int) -> str:
+        k = self._drawn.get(client, 0) + 1
+        n = client * self.PER_CLIENT + k
+        if k >= self.PER_CLIENT or n > self.LIMIT:
+            raise RuntimeError(f"client {client} has used all its {self.PER_CLIENT - 1} load-test payments")
+        self._drawn[client] = k
+        return f"sandbox:demo_load_{n}"
 
 
 # ------------------------------------------------------------------ `refund-mcp serve` subprocesses

@@ -21,8 +21,8 @@ import anyio
 
 from bench.common import (
     BENCH_DIR,
-    REFUNDABLE_DEMO_PAYMENTS,
     Config,
+    LoadPayments,
     Section,
     Spread,
     Target,
@@ -46,19 +46,23 @@ from bench.common import (
 )
 
 
-async def _refund_call(client: Any, key: str, n: int) -> Any:
-    # Spread over the demo payments that have a balance: the nearest thing to distinct
-    # transactions the sandbox offers (it has eight payments; REFUND_MCP_SANDBOX_PAYMENTS does not exist).
-    return await client.call_tool("create_refund", refund_args(REFUNDABLE_DEMO_PAYMENTS[n % len(REFUNDABLE_DEMO_PAYMENTS)], key))
+Call = Callable[[Any, str, int], Awaitable[Any]]  # (MCP client, idempotency key, client index) -> tool result
 
 
-async def _noop_call(client: Any, key: str, n: int) -> Any:
+def refund_call(payments: LoadPayments) -> Call:
+    """create_refund of 1 unit on a payment of the client's own, a new one every call (distinct payments)."""
+
+    async def call(client: Any, key: str, index: int) -> Any:
+        return await client.call_tool("create_refund", refund_args(payments.next(index), key))
+
+    return call
+
+
+async def _noop_call(client: Any, key: str, index: int) -> Any:
     return await client.call_tool("noop", {"transaction_id": key})
 
 
-async def _load(
-    urls: list[str], count: int, http: Any, warmup: float, window: float, call: Callable[[Any, str, int], Awaitable[Any]] = _refund_call
-) -> dict[str, Any]:
+async def _load(urls: list[str], count: int, http: Any, warmup: float, window: float, call: Call) -> dict[str, Any]:
     """`count` clients call `call` (create_refund) back to back (closed loop); calls that finish inside the window count.
 
     Counting completions (not calls started in the window) keeps slow calls from being under-counted when
@@ -75,7 +79,7 @@ async def _load(
         # One untimed call per client before the release: the SDK client compiles (and checks against the
         # JSON Schema metaschema) a tool's output schema on its first call in each session, about 80 ms
         # of CPU for create_refund's, which would otherwise land in the window of the 32-client runs.
-        await call(client, f"{prefix}-first-{index}", 0)
+        await call(client, f"{prefix}-first-{index}", index)
 
     async def client_loop(client: Any, index: int) -> None:
         if bounds[0] == 0.0:
@@ -85,7 +89,7 @@ async def _load(
         while time.perf_counter() < end_of_window:
             n = next(counter)
             begin = time.perf_counter()
-            result = await call(client, f"{prefix}-{n}", n)
+            result = await call(client, f"{prefix}-{n}", index)
             end = time.perf_counter()
             if start <= end <= end_of_window:
                 if result.is_error:
@@ -127,9 +131,10 @@ async def _one_setup(cfg: Config, kind: str, processes: int) -> list[dict[str, A
     out = []
     async with fresh_db(kind, cfg) as url:
         with http_servers(url, processes) as urls:
+            call = refund_call(LoadPayments())
             async with http_client_factory() as http:
                 for count in cfg.http_clients:
-                    result = await _load(urls, count, http, cfg.http_warmup_seconds, cfg.http_window_seconds)
+                    result = await _load(urls, count, http, cfg.http_warmup_seconds, cfg.http_window_seconds, call)
                     out.append({"clients": count, **result})
     return out
 
@@ -228,9 +233,9 @@ async def run(cfg: Config) -> Section:
         "Client over streamable_http_client (protocol 2026-07-28, stateless), all in the benchmark's own process."
     )
     section.notes.append(
-        "Distinct-transaction throughput is approximated by spreading the calls round-robin over the "
-        f"{len(REFUNDABLE_DEMO_PAYMENTS)} sandbox demo payments that have a balance (1 minor unit each, fresh idempotency "
-        "keys): the sandbox has only eight payments and no way to add more."
+        "Distinct payments: every call refunds 1 minor unit of a payment no other client touches (client i uses the "
+        f"sandbox's load-test payments demo_load_<i×{LoadPayments.PER_CLIENT:,}+k>, a new one every call; fresh idempotency "
+        "keys), so the clients never wait for one another's payment row; each refund is also its payment's first."
     )
     section.notes.append(
         "The machine has 2 cores shared by the server process(es), PostgreSQL and the load generator, so the "

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import REPO, Config, Section, Spread, Target, fmt, fmt_spread, fresh_db, http_client_factory, http_servers, log, pg_available
-from bench.http_throughput import _load
+from bench.common import (
+    REPO, Config, LoadPayments, Section, Spread, Target, fmt, fmt_spread, fresh_db, http_client_factory, http_servers, log, pg_available,
+)
+from bench.http_throughput import _load, refund_call
 
 DELAY_MS = 1.0
 TARGET_CLIENTS = 8.0
@@ -84,9 +86,10 @@ async def _setup(cfg: Config, processes: int, clients: list[int]) -> dict[int, d
             from bench.common import _asyncpg_dsn
 
             out[0] = {"direct_rtt_ms": await _round_trip_ms(_asyncpg_dsn(url)), "proxy_rtt_ms": await _round_trip_ms(_asyncpg_dsn(_via_proxy(url, port)))}
+            call = refund_call(LoadPayments())
             async with http_client_factory() as http:
                 for count in clients:
-                    out[count] = await _load(urls, count, http, cfg.http_warmup_seconds, cfg.http_window_seconds)
+                    out[count] = await _load(urls, count, http, cfg.http_warmup_seconds, cfg.http_window_seconds, call)
     return out
 
 
@@ -134,7 +137,8 @@ async def run(cfg: Config) -> Section:
     section.notes.append(
         f"Per repeat: fresh database, the proxy, fresh servers; {cfg.http_warmup_seconds} s warm-up and a "
         f"{cfg.http_window_seconds} s window per client count; repeats: {cfg.process_repeats}; p50/p99/errors from the last "
-        "repeat. Calls are spread round-robin over the 6 sandbox demo payments with a balance (the sandbox has no more). "
+        "repeat. Distinct payments: client i refunds the sandbox's load-test payments "
+        f"demo_load_<i×{LoadPayments.PER_CLIENT:,}+k>, a new one every call, so no two clients share a payment row. "
         "Load generator, servers, proxy and PostgreSQL share the 2 cores. "
         f"Round trip (SELECT 1, p50, last repeat): {fmt(rtt['direct_rtt_ms'], 3)} ms direct, {fmt(rtt['proxy_rtt_ms'], 2)} ms "
         "through the proxy (asyncio timers and the shared CPU add to the nominal 2 ms)."
