@@ -66,26 +66,21 @@ async def test_the_demo_payments_are_unchanged():
 
 
 async def test_a_load_payment_is_refunded_through_the_tools_like_a_demo_payment(app_factory):
+    payment = "sandbox:demo_load_77"
+
+    async def refund(client: Client, amount_minor: int, key: str) -> dict:
+        arguments = {"transaction_id": payment, "reason": "service_issue", "amount_minor": amount_minor, "idempotency_key": key}
+        return (await client.call_tool("create_refund", arguments)).structured_content
+
     async with app_factory() as app, Client(app.server) as client:
-        looked_up = (await client.call_tool("lookup_transaction", {"transaction_id": "sandbox:demo_load_77"})).structured_content
+        looked_up = (await client.call_tool("lookup_transaction", {"transaction_id": payment})).structured_content
         assert looked_up["amount_minor"] == 100_000 and looked_up["refundable_minor"] == 100_000
-        created = (
-            await client.call_tool(
-                "create_refund",
-                {"transaction_id": "sandbox:demo_load_77", "reason": "service_issue", "amount_minor": 2500, "idempotency_key": "load-77-a"},
-            )
-        ).structured_content
-        assert created["status"] == "succeeded"
-        pending = (
-            await client.call_tool(
-                "create_refund",
-                {"transaction_id": "sandbox:demo_load_77", "reason": "service_issue", "amount_minor": 142, "idempotency_key": "load-77-b"},
-            )
-        ).structured_content
+        assert (await refund(client, 2500, "load-77-a"))["status"] == "succeeded"
+        pending = await refund(client, 142, "load-77-b")  # the scripted outcomes apply as on a demo payment
         assert pending["status"] == "pending"
         settled = (await client.call_tool("get_refund_status", {"refund_id": pending["refund_id"]})).structured_content
         assert settled["status"] == "succeeded"
-        after = (await client.call_tool("lookup_transaction", {"transaction_id": "sandbox:demo_load_77"})).structured_content
+        after = (await client.call_tool("lookup_transaction", {"transaction_id": payment})).structured_content
         assert after["refundable_minor"] == 100_000 - 2500 - 142
         other = (await client.call_tool("lookup_transaction", {"transaction_id": "sandbox:demo_load_78"})).structured_content
         assert other["refundable_minor"] == 100_000
