@@ -249,7 +249,7 @@ async def run(cfg: Config) -> Section:
     section.notes.append(
         f"Per repeat: fresh database, fresh server process(es), then for each client count {cfg.http_warmup_seconds:g} s of "
         f"warm-up and a {cfg.http_window_seconds:g} s window ({WINDOW_STRETCH:g}× longer at most, until as many calls "
-        "as clients have completed in it; the rate is over its actual length); repeats: {cfg.process_repeats} (each restarts the servers on a fresh database), median (min–max). Clients are the SDK's "
+        f"as clients have completed in it; the rate is over its actual length); repeats: {cfg.process_repeats} (each restarts the servers on a fresh database), median (min–max). Clients are the SDK's "
         "Client over streamable_http_client (protocol 2026-07-28, stateless), all in the benchmark's own process."
     )
     section.notes.append(

@@ -137,7 +137,7 @@ async def run(cfg: Config) -> Section:
     section.notes.append(
         f"Per repeat: fresh database, the proxy, fresh servers; {cfg.http_warmup_seconds} s warm-up and a "
         f"{cfg.http_window_seconds} s window per client count (stretched up to {WINDOW_STRETCH:g}× until as many calls as "
-        "clients completed in it; the rate is over its actual length); repeats: {cfg.process_repeats}; p50/p99/errors from the last "
+        f"clients completed in it; the rate is over its actual length); repeats: {cfg.process_repeats}; p50/p99/errors from the last "
         "repeat. Distinct payments: client i refunds the sandbox's load-test payments "
         f"demo_load_<i×{LoadPayments.PER_CLIENT:,}+k>, a new one every call, so no two clients share a payment row. "
         "Load generator, servers, proxy and PostgreSQL share the 2 cores. "
