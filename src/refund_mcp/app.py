@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from refund_mcp.service.refunds import RefundService
     from refund_mcp.store.database import Database
 
+
 def stdio_actor(settings: Settings) -> Any:
     """On stdio there is no transport auth: the identity comes from configuration (REFUND_MCP_ACTOR)."""
 
