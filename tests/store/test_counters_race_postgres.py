@@ -1,5 +1,5 @@
-"""Balances and daily caps under concurrent writers on PostgreSQL (READ COMMITTED) WITHOUT the global writer
-lock (Database(serialize_writers=False)): row locks, the running totals' triggers and the caps' counters
+"""Balances and daily caps under concurrent writers on PostgreSQL (READ COMMITTED), with no writer lock every
+write shares (Database.write() takes none): row locks, the running totals' triggers and the caps' counters
 alone must keep a payment from being over-refunded and a cap from being exceeded.
 
 Writers are spread over several engines (separate connection pools, as separate processes would be)."""
@@ -27,7 +27,7 @@ CALLS = 30
 
 @pytest.fixture
 async def writers(pg_database: str) -> AsyncIterator[list[Database]]:
-    databases = [Database(pg_database, serialize_writers=False) for _ in range(ENGINES)]
+    databases = [Database(pg_database) for _ in range(ENGINES)]
     await databases[0].migrate()
     try:
         yield databases
@@ -103,11 +103,9 @@ async def test_concurrent_reservations_on_different_payments_never_exceed_a_dail
 
 async def test_concurrent_refunds_through_the_service_never_exceed_the_balance(pg_database: str) -> None:
     async with make_app(pg_database) as app:
-        app.db.serialize_writers = False
         await assert_never_over_refunded(app, await fire_concurrent_refunds(app))
 
 
 async def test_concurrent_refunds_through_the_service_never_exceed_the_daily_caps(pg_database: str) -> None:
     async with make_app(pg_database, policy=CAPS) as app:
-        app.db.serialize_writers = False
         assert_caps_held(await two_waves(app))

@@ -165,15 +165,17 @@ class Notifier:
             await self.http.aclose()
 
     async def _claim(self, now: datetime, claim: datetime, limit: int) -> list[Any]:
+        query = (
+            select(N)
+            .where(N.c.next_attempt_at.is_not(None), N.c.next_attempt_at <= now, or_(N.c.claimed_until.is_(None), N.c.claimed_until <= now))
+            .order_by(N.c.next_attempt_at, N.c.created_at)
+            .limit(limit)
+        )
         async with self.db.write() as conn:
-            rows = (
-                await conn.execute(
-                    select(N)
-                    .where(N.c.next_attempt_at.is_not(None), N.c.next_attempt_at <= now, or_(N.c.claimed_until.is_(None), N.c.claimed_until <= now))
-                    .order_by(N.c.next_attempt_at, N.c.created_at)
-                    .limit(limit)
-                )
-            ).all()
+            if conn.dialect.name == "postgresql":
+                # Two workers (replicas) never claim the same event: each skips what another is claiming.
+                query = query.with_for_update(skip_locked=True)
+            rows = (await conn.execute(query)).all()
             if rows:
                 await conn.execute(
                     update(N).where(N.c.id.in_([row.id for row in rows])).values(claimed_until=claim)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import TransactionInfo
-from refund_mcp.store import tables
+from refund_mcp.store import tables, upsert
 
 A = tables.transaction_aliases
 
@@ -48,9 +48,10 @@ async def record_aliases(conn: AsyncConnection, processor: str, info: Transactio
         alias = f"{processor}:{bare}"
         if not bare or alias == canonical or len(alias) > 200:
             continue
-        current = await canonical_of(conn, processor, bare)
-        if current is None:
-            await conn.execute(insert(A).values(alias=alias, bare_id=bare, transaction_id=canonical, recorded_at=now))
-        elif current != canonical:
-            await conn.execute(update(A).where(A.c.alias == alias).values(transaction_id=canonical, recorded_at=now))
-
+        # One upsert (not read, then insert or update): two lookups recording the same name at the same moment
+        # on PostgreSQL both succeed, and the later word wins as before.
+        values = {"transaction_id": canonical, "recorded_at": now}
+        statement = upsert.insert(conn, A).values(alias=alias, bare_id=bare, **values)
+        await conn.execute(
+            statement.on_conflict_do_update(index_elements=[A.c.alias], set_=values, where=A.c.transaction_id != canonical)
+        )

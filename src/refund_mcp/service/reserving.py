@@ -243,7 +243,9 @@ class Reserver:
                             f"idempotency_key {req.idempotency_key!r} was used for a different request (refund {seen.refund_id}); "
                             "use a new key for a new refund"
                         )
-                    row = await queries.get_refund(conn, seen.refund_id)
+                    # Only shown, never changed: not locked, so a replay never waits on that refund's writers nor
+                    # takes a refund's lock after its payment's (the order everywhere is refund, then payment).
+                    row = await queries.get_refund(conn, seen.refund_id, lock=False)
                     await audit.append(conn, AuditEntry(actor=actor, action="refund.replay", target=row.id, outcome="ok", request=request))
                     view = rendering.refund_view(row)
                     view.message = "This idempotency_key was used before: the original refund is returned, nothing new was created."

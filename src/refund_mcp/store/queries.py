@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
 from refund_mcp.store import cap_usage, tables, upsert
+from refund_mcp.store.modes import locked_when_writing
 
 R = tables.refunds
 T = tables.transactions
@@ -41,11 +42,9 @@ async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: Tra
     await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
 
 
-async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool = False) -> Row[Any] | None:
-    query = select(T).where(T.c.id == canonical_id)
-    if lock and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return (await conn.execute(query)).first()
+async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool | None = None) -> Row[Any] | None:
+    """The payment; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py)."""
+    return (await conn.execute(locked_when_writing(conn, select(T).where(T.c.id == canonical_id), lock=lock))).first()
 
 
 async def find_transactions_by_bare_id(conn: AsyncConnection, bare_id: str) -> list[Row[Any]]:
@@ -132,13 +131,18 @@ async def take_cap_usage(
     return await cap_usage.take(conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps)
 
 
-async def get_refund(conn: AsyncConnection, refund_id: str) -> Row[Any] | None:
-    return (await conn.execute(select(R).where(R.c.id == refund_id))).first()
+async def get_refund(conn: AsyncConnection, refund_id: str, *, lock: bool | None = None) -> Row[Any] | None:
+    """The refund; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py).
+
+    Lock order: a refund before its payment, wherever a transaction takes both."""
+    return (await conn.execute(locked_when_writing(conn, select(R).where(R.c.id == refund_id), lock=lock))).first()
 
 
-async def get_refund_by_processor_id(conn: AsyncConnection, processor: str, processor_refund_id: str) -> Row[Any] | None:
+async def get_refund_by_processor_id(
+    conn: AsyncConnection, processor: str, processor_refund_id: str, *, lock: bool | None = None
+) -> Row[Any] | None:
     query = select(R).where(R.c.processor == processor, R.c.processor_refund_id == processor_refund_id)
-    return (await conn.execute(query)).first()
+    return (await conn.execute(locked_when_writing(conn, query, lock=lock))).first()
 
 
 async def refunds_for_transaction(conn: AsyncConnection, transaction_id: str, limit: int = 50) -> list[Row[Any]]:
@@ -279,9 +283,12 @@ async def list_refunds(
 
 
 async def expired_approvals(conn: AsyncConnection, now: datetime) -> list[Row[Any]]:
+    """Pending approvals past their deadline; in a write transaction all of them are locked here, up front and
+    in id order, so the sweep never waits for a refund while holding what it already changed. A refund
+    decided meanwhile is read again once its decider commits and left out (no longer pending)."""
     query = select(R).where(
         R.c.status == RefundStatus.PENDING_APPROVAL.value,
         R.c.approval_expires_at.is_not(None),
         R.c.approval_expires_at <= now,
-    )
-    return list((await conn.execute(query)).all())
+    ).order_by(R.c.id)
+    return list((await conn.execute(locked_when_writing(conn, query))).all())
