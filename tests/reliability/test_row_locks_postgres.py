@@ -27,7 +27,7 @@ from refund_mcp.domain.models import ProcessorRefund, RefundStatus
 from refund_mcp.service import attempts
 from refund_mcp.service.refunds import RefundInput
 from refund_mcp.store import queries, tables
-from refund_mcp.webhooks.events import RefundEvent
+from refund_mcp.webhooks.events import PaymentEvent, RefundEvent
 from tests.conftest import make_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -60,8 +60,11 @@ async def two_replicas(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[App, 
         yield first, second
 
 
-async def race(db_url: str, lock_sql: str, params: dict[str, Any], sides: Sequence[Awaitable[Any]]) -> list[Any]:
-    """Run `sides` while another connection holds `lock_sql`'s row lock, releasing it once all of them wait.
+async def race(
+    db_url: str, lock_sql: str, params: dict[str, Any], sides: Sequence[Awaitable[Any]], *, undo: bool = False
+) -> list[Any]:
+    """Run `sides` while another connection holds `lock_sql`'s row lock, releasing it once all of them wait
+    (committing, or with `undo` rolling back: a row it inserted to hold a key then never existed).
 
     Each side is started only once the one before it waits, so they queue for the row in the order given."""
     holder = create_async_engine(db_url)
@@ -75,7 +78,7 @@ async def race(db_url: str, lock_sql: str, params: dict[str, Any], sides: Sequen
                     tasks.append(asyncio.ensure_future(side))
                     while await waiting_on_locks(watcher) < len(tasks) and not tasks[-1].done():
                         pass  # each check is a round trip to the server, during which the side runs on
-            await conn.commit()
+            await (conn.rollback() if undo else conn.commit())
         return await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for task in tasks:
@@ -213,6 +216,46 @@ async def test_a_webhook_success_and_an_attempt_answer_at_the_same_moment(pg_dat
         assert row.processor_refund_id == "re_race"
         assert int(row.claim_token) == claim.token  # the webhook took no claim; the attempt's was current
         assert row.claimed_until is None  # and the attempt ended it
+        assert (await audit.verify(first.db.engine)).ok
+
+
+async def test_one_webhook_event_delivered_twice_at_the_same_moment_is_applied_once(pg_database, tmp_path):
+    async with two_replicas(pg_database, tmp_path) as (first, second):
+        view = await first.service.create_refund("agent-1", RefundInput(transaction_id=TXN, reason="service_issue", amount_minor=1042))
+        assert view.status == RefundStatus.PENDING.value  # the sandbox leaves amounts ending in 42 pending
+        event = RefundEvent(
+            processor="sandbox", event_id="evt_twice", processor_refund_id=view.processor_refund_id, status=RefundStatus.SUCCEEDED,
+            processor_status="succeeded", amount_minor=1042, currency="USD", our_refund_id=view.refund_id,
+        )
+        holds_the_key = "INSERT INTO webhook_events (processor, event_id, received_at) VALUES ('sandbox', 'evt_twice', now())"
+        results = await race(pg_database, holds_the_key, {}, [first.service.apply_event(event), second.service.apply_event(event)], undo=True)
+        assert results == ["applied", "replay"]
+        assert (await refund_row(first, view.refund_id)).status == RefundStatus.SUCCEEDED.value
+        assert (await actions(first, view.refund_id)).count("refund.webhook") == 1
+        assert (await audit.verify(first.db.engine)).ok
+
+
+async def test_two_events_of_a_new_payment_at_the_same_moment_build_on_each_other(pg_database, tmp_path):
+    async with two_replicas(pg_database, tmp_path) as (first, second):
+        def payment(event_id: str, captured: int, status: str) -> PaymentEvent:
+            return PaymentEvent(processor="adyen", event_id=event_id, transaction_id="PSP_NEW", amount_minor=5000, currency="EUR",
+                                captured_minor=captured, status=status)
+
+        holds_the_key = (
+            "INSERT INTO transactions (id, processor, processor_transaction_id, amount_minor, currency, captured_minor, "
+            "processor_refunded_minor, status, refundable, first_seen_at, updated_at) "
+            "VALUES ('adyen:PSP_NEW', 'adyen', 'PSP_NEW', 0, 'EUR', 0, 0, 'held', true, now(), now())"
+        )
+        # The capture first: an authorisation that did not build on it would record the payment as uncaptured.
+        results = await race(
+            pg_database, holds_the_key, {},
+            [first.service.apply_event(payment("evt_capture", 5000, "captured")), second.service.apply_event(payment("evt_auth", 0, "authorised"))],
+            undo=True,
+        )
+        assert results == ["applied", "applied"]
+        async with first.db.read() as conn:
+            txn = await queries.get_transaction(conn, "adyen:PSP_NEW")
+        assert (txn.captured_minor, txn.amount_minor) == (5000, 5000)
         assert (await audit.verify(first.db.engine)).ok
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import or_, select
 
 from refund_mcp.audit import log as audit
 from refund_mcp.audit.log import AuditEntry
@@ -48,12 +48,9 @@ class Events:
         """Record one verified event; returns what happened: applied | replay | ignored | external | unknown."""
         now = self.now()
         async with self.db.write() as conn:
-            seen = await conn.execute(
-                select(tables.webhook_events.c.event_id).where(
-                    tables.webhook_events.c.processor == event.processor, tables.webhook_events.c.event_id == event.event_id
-                )
-            )
-            if seen.first() is not None:
+            # The event is recorded first, so a second delivery of it at the same moment (another replica, on
+            # PostgreSQL) waits for this one and is then a replay, instead of applying it twice.
+            if not await queries.record_event(conn, event.processor, event.event_id, now):
                 return "replay"
             if isinstance(event, IgnoredEvent):
                 await audit.append(conn, AuditEntry(actor=f"webhook:{event.processor}", action="webhook.ignored", target=None, outcome="ignored", detail={"kind": event.kind, "event_id": event.event_id}))
@@ -62,13 +59,17 @@ class Events:
                 outcome = await self._apply_payment_event(conn, event, now)
             else:
                 outcome = await self._apply_refund_event(conn, event, now)
-            if outcome != "deferred":
-                await conn.execute(insert(tables.webhook_events).values(processor=event.processor, event_id=event.event_id, received_at=now))
+            if outcome == "deferred":  # left unrecorded, so the processor delivers it again
+                await queries.forget_event(conn, event.processor, event.event_id)
             return outcome
 
     async def _apply_payment_event(self, conn: Any, event: PaymentEvent, now: Any) -> str:
         canonical = f"{event.processor}:{event.transaction_id}"
-        existing = await queries.get_transaction(conn, canonical)
+        # Read locked, even when the payment is new (then recorded as this event says first), so two events of one
+        # payment at the same moment each build on the other's result: a CAPTURE is never undone by its AUTHORISATION.
+        existing = await queries.get_transaction(conn, canonical) or await queries.insert_transaction_if_absent(
+            conn, canonical, _event_payment(event), now
+        )
         captured = max(event.captured_minor, existing.captured_minor if existing is not None else 0)
         info = TransactionInfo(
             processor=event.processor,
@@ -216,6 +217,15 @@ class Events:
             R.c.currency == event.currency,
         )
         return (await conn.execute(query.limit(1))).first() is not None
+
+
+def _event_payment(event: PaymentEvent) -> TransactionInfo:
+    """The payment as this event alone describes it."""
+    return TransactionInfo(
+        processor=event.processor, transaction_id=event.transaction_id, amount_minor=event.amount_minor, currency=event.currency,
+        captured_minor=event.captured_minor, refunded_minor=0, status=event.status, created_at=event.occurred_at,
+        customer_ref=event.customer_ref, description=event.description, refundable=event.refundable,
+    )
 
 
 def _supersedes(event: RefundEvent, row: Any) -> bool:

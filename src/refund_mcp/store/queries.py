@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,7 +21,16 @@ _AT_PROCESSOR = [RefundStatus.PENDING.value, RefundStatus.REQUIRES_ACTION.value]
 
 
 async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> None:
-    values = {
+    values = _transaction_values(info, now)
+    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
+    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
+    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
+    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
+    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
+
+
+def _transaction_values(info: TransactionInfo, now: datetime) -> dict[str, Any]:
+    return {
         "processor": info.processor,
         "processor_transaction_id": info.transaction_id,
         "amount_minor": info.amount_minor,
@@ -35,11 +44,18 @@ async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: Tra
         "created_at": info.created_at,
         "updated_at": now,
     }
-    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
-    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
-    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
-    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
-    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
+
+
+async def insert_transaction_if_absent(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> Row[Any]:
+    """Record a payment unless it is on record already, then read it locked (store/modes.py).
+
+    A concurrent first recording of the same payment waits for the other to commit and then reads its row."""
+    values = _transaction_values(info, now)
+    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values).on_conflict_do_nothing(index_elements=[T.c.id])
+    await conn.execute(statement)
+    row = await get_transaction(conn, canonical_id)
+    assert row is not None
+    return row
 
 
 async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool | None = None) -> Row[Any] | None:
@@ -162,6 +178,22 @@ async def find_duplicate(conn: AsyncConnection, fingerprint: str, since: datetim
         .limit(1)
     )
     return (await conn.execute(query)).first()
+
+
+async def record_event(conn: AsyncConnection, processor: str, event_id: str, now: datetime) -> bool:
+    """Record a webhook event as received; False when it already was (a replay).
+
+    On PostgreSQL an insert of the same key by a transaction still open waits for it: a replay is only ever
+    decided against a committed record."""
+    W = tables.webhook_events
+    statement = upsert.insert(conn, W).values(processor=processor, event_id=event_id, received_at=now)
+    inserted = await conn.execute(statement.on_conflict_do_nothing(index_elements=[W.c.processor, W.c.event_id]).returning(W.c.event_id))
+    return inserted.first() is not None
+
+
+async def forget_event(conn: AsyncConnection, processor: str, event_id: str) -> None:
+    W = tables.webhook_events
+    await conn.execute(delete(W).where(W.c.processor == processor, W.c.event_id == event_id))
 
 
 async def get_idempotency(conn: AsyncConnection, actor: str, key: str) -> Row[Any] | None:
