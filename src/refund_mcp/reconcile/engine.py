@@ -137,7 +137,7 @@ async def _compare(app: Any, row: Any, answer: ProcessorRefund) -> Finding:
     if answer.status.value == row.status:
         return Finding(kind=Kind.MATCHED, ours=_our_side(row), detail="", **base)
     async with app.db.write() as conn:
-        # Read again under the writer lock: a webhook may have moved it since the list was read.
+        # Read again, locked (store/modes.py): a webhook may have moved it since the list was read.
         fresh = await queries.get_refund(conn, row.id)
         current = RefundStatus(fresh.status)
         if current is answer.status:

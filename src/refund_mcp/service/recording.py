@@ -63,7 +63,7 @@ class Recorder:
             values["next_attempt_at"] = None
         if claim_token is not None:
             updated = await queries.update_claimed(conn, refund_id, claim_token, queued_only=False, **values)
-            if updated is None:  # unreachable inside the serialized transaction; kept as the write's own guard
+            if updated is None:  # unreachable: the refund was read locked above; kept as the write's own guard
                 return await stale_attempt(conn, refund_id, claim_token, answer_record(answer))
         else:
             updated = await queries.update_refund_returning(conn, refund_id, **values)
