@@ -116,7 +116,7 @@ async def test_a_key_committed_meanwhile_for_the_same_request_replays_the_origin
 
 
 class TransactionLog:
-    """Counts the service's write transactions (not the ones a read is made of today), and any statement
+    """Counts the service's write transactions (not one a read may be built on), and any statement
     that writes inside a read."""
 
     def __init__(self, app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,6 +129,7 @@ class TransactionLog:
         async def read() -> AsyncIterator[Any]:
             self.opening_read = True
             async with real_read() as conn:
+                self.opening_read = False  # a write() opened by read() itself (if it is built on one) is not counted
                 conn.sync_connection.info["in_read"] = True
                 try:
                     yield conn
