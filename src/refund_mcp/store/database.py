@@ -47,9 +47,10 @@ SQLITE_POOL_OVERFLOW = 16
 
 def _sqlite_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     in_memory = not parsed.database or parsed.database == ":memory:"
+    if not in_memory:
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # In memory, SQLAlchemy keeps the one connection the database lives in (a static pool): no sizes there.
     pool_args = {} if in_memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_POOL_OVERFLOW}
     engine = create_async_engine(url, connect_args={"timeout": 60}, **pool_args)
 
