@@ -153,12 +153,24 @@ class Approvals:
         await audit.append(conn, AuditEntry(actor=approver, action="approval.denied", target=refund_id, outcome="cancelled", detail={"note": note}))
 
     async def expire_approvals(self) -> int:
+        """Expire every approval past its deadline; returns how many were expired here.
+
+        One refund per transaction: expiring one moves its payment's running totals and the caps' counters,
+        so a sweep of several in one transaction would hold those and then wait for the next payment, which a
+        reservation may hold while it waits for the same counters. Each refund is read again locked, so one
+        decided meanwhile (approved, denied, cancelled) is left alone."""
         now = self.now()
-        async with self.db.write() as conn:
-            rows = await queries.expired_approvals(conn, now)
-            for row in rows:
-                await self._mark_expired(conn, row.id, now, detail=None)
-        return len(rows)
+        async with self.db.read() as conn:
+            due = [row.id for row in await queries.expired_approvals(conn, now)]
+        expired = 0
+        for refund_id in due:
+            async with self.db.write() as conn:
+                row = await refund_row(conn, refund_id)
+                if row.status != RefundStatus.PENDING_APPROVAL.value or not approval_expired(row.approval_expires_at, now):
+                    continue
+                await self._mark_expired(conn, refund_id, now, detail=None)
+                expired += 1
+        return expired
 
     async def _mark_expired(self, conn: Any, refund_id: str, now: datetime, *, detail: dict[str, Any] | None) -> None:
         await queries.update_refund(

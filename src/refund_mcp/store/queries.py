@@ -315,12 +315,10 @@ async def list_refunds(
 
 
 async def expired_approvals(conn: AsyncConnection, now: datetime) -> list[Row[Any]]:
-    """Pending approvals past their deadline; in a write transaction all of them are locked here, up front and
-    in id order, so the sweep never waits for a refund while holding what it already changed. A refund
-    decided meanwhile is read again once its decider commits and left out (no longer pending)."""
+    """Pending approvals past their deadline (candidates: each is read again, locked, before it is expired)."""
     query = select(R).where(
         R.c.status == RefundStatus.PENDING_APPROVAL.value,
         R.c.approval_expires_at.is_not(None),
         R.c.approval_expires_at <= now,
     ).order_by(R.c.id)
-    return list((await conn.execute(locked_when_writing(conn, query))).all())
+    return list((await conn.execute(query)).all())
