@@ -26,7 +26,7 @@ from refund_mcp.domain.errors import NotSupported
 from refund_mcp.domain.models import ProcessorRefund, RefundStatus
 from refund_mcp.service import attempts
 from refund_mcp.service.refunds import RefundInput
-from refund_mcp.store import queries, tables
+from refund_mcp.store import cap_usage, queries, tables
 from refund_mcp.webhooks.events import PaymentEvent, RefundEvent
 from tests.conftest import make_app
 
@@ -311,9 +311,11 @@ async def test_two_reservations_on_different_payments_never_exceed_a_daily_cap_t
         def three_thousand(txn: str) -> RefundInput:
             return RefundInput(transaction_id=txn, reason="service_issue", amount_minor=3000)
 
-        hold_the_head = "SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"
+        # Every taker of the global cap takes this lock for the rest of its reservation (store/cap_usage.py).
+        hold_the_global_cap = "SELECT pg_advisory_xact_lock(:space, :key)"
+        held = {"space": cap_usage._ADVISORY_NAMESPACE, "key": cap_usage._lock_key(cap_usage.EVERYONE, "USD")}
         results = await race(
-            pg_database, hold_the_head, {},
+            pg_database, hold_the_global_cap, held,
             [first.service.create_refund("agent-1", three_thousand(TXN)), second.service.create_refund("agent-2", three_thousand("sandbox:demo_usd_large"))],
         )
         accepted = [r for r in results if not isinstance(r, BaseException)]
