@@ -19,6 +19,7 @@ from sqlalchemy import event, select
 
 from mcp import Client
 from refund_mcp.audit import log as audit
+from refund_mcp.audit import sealing
 from refund_mcp.domain.errors import IdempotencyConflict
 from refund_mcp.service.refunds import RefundInput
 from refund_mcp.store import queries, tables
@@ -32,6 +33,9 @@ CALLS = 12
 
 
 async def _actions(app: Any, action: str) -> list[Any]:
+    # On PostgreSQL a record committed while another write's sealer held the chain's head waits in audit_pending
+    # for the next sealer (the documented window): seal what is committed before counting the chain.
+    await sealing.seal_all(app.db.engine)
     async with app.db.read() as conn:
         return (await conn.execute(select(tables.audit_log).where(tables.audit_log.c.action == action))).all()
 
