@@ -85,6 +85,7 @@ async def test_a_write_through_database_write_is_sealed_when_it_commits(db: Data
     async with db.write() as conn:
         await audit.append(conn, entry("r1"))
         await audit.append(conn, entry("r1", action="refund.status"))
+    await sealing.settle(db.engine)  # the commit started the background seal; the write did not wait for it
     assert await pending_count(db) == 0
     assert [(row.seq, row.action) for row in await chain(db)] == [(1, "refund.read"), (2, "refund.status")]
 
@@ -118,6 +119,7 @@ async def test_a_write_does_not_wait_for_the_chains_head(db: Database) -> None:
         await sealer.execute(select(tables.audit_head).where(tables.audit_head.c.id == 1).with_for_update())
         # Bounded only so that a regression fails instead of hanging the run.
         await asyncio.wait_for(_write_one(db, "r2"), timeout=60)
+        await sealing.settle(db.engine)  # the background seal the commit started, while the head is still held
     assert await pending_count(db) == 1  # its own seal skipped the locked head; the next one takes it
     assert await sealing.seal(db.engine) == 1
 

@@ -121,7 +121,7 @@ async def _append_pending(conn: AsyncConnection, entry: AuditEntry, notification
     hooks = conn.info.get(AFTER_COMMIT)
     if hooks is not None:
         engine = conn.engine
-        hooks.setdefault("audit.seal", lambda: sealing.seal_quietly(engine))
+        hooks.setdefault("audit.seal", lambda: sealing.seal_after_commit(engine))
 
 
 def _stored(row: Any) -> StoredRecord:

@@ -8,7 +8,8 @@ the head lock orders them, and each reads the pending rows after taking it. A se
 willing to wait (after a write, in the worker) skips the round when another one holds the lock
 (`FOR UPDATE SKIP LOCKED`) instead of queueing behind it.
 
-Sealing runs right after a write that appended commits (store/database.py's after-commit hooks),
+Sealing runs in the background right after a write that appended commits (store/database.py's
+after-commit hooks start BackgroundSealer, which coalesces a burst of writes into a few passes),
 every SEAL_INTERVAL_SECONDS from the worker, and before `audit verify`/`checkpoint`/`export`.
 A record committed while a seal was running waits for the next one, so it is normally sealed well
 within a second; STALE_AFTER is the age at which `audit verify` reports that nothing is sealing.
@@ -16,8 +17,10 @@ within a second; STALE_AFTER is the age at which `audit verify` reports that not
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -102,17 +105,66 @@ async def seal_all(engine: AsyncEngine, batch: int = BATCH) -> int:
     return total
 
 
-async def seal_quietly(engine: AsyncEngine) -> None:
-    """The after-commit hook: best effort, never waits for another sealer, never fails the write
-    that has already committed (the worker seals what is left). Shielded: a caller cancelled now must
-    not take its committed write for a failed one."""
-    import anyio
+class BackgroundSealer:
+    """Seals after writes without making them wait: the after-commit hook only pokes it.
 
-    with anyio.CancelScope(shield=True):
-        try:
-            await seal(engine)
-        except Exception:
-            logger.warning("sealing audit records after a write failed; the worker will seal them", exc_info=True)
+    One task per engine and event loop seals while pokes keep arriving, so a burst of writes costs one
+    or a few sealing transactions rather than one each, and a write's caller gets its answer without
+    the sealing round trips (they matter with a database across a network). Best effort, as before: a
+    round skipped because another sealer holds the head is left to the next poke or to the worker."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def poke(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and not self._task.done() and self._task.get_loop() is loop:
+            self._again = True
+            return
+        self._again = False
+        self._task = loop.create_task(self._run(), name="refund-mcp audit sealer")
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                while await seal(self.engine) == BATCH:
+                    pass
+            except Exception:
+                logger.warning("sealing audit records after a write failed; the worker will seal them", exc_info=True)
+            if not self._again:
+                return
+
+    async def settle(self) -> None:
+        """Wait for the sealing the last writes started (tests, shutdown)."""
+        while self._task is not None and not self._task.done() and self._task.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(self._task)
+
+
+_background: weakref.WeakKeyDictionary[Any, BackgroundSealer] = weakref.WeakKeyDictionary()
+
+
+def background_sealer(engine: AsyncEngine) -> BackgroundSealer:
+    # Keyed by the connection pool: the engine and its execution-option variants (Database's writer and
+    # reader) share it, and so share one sealer.
+    pool = engine.sync_engine.pool
+    sealer = _background.get(pool)
+    if sealer is None:
+        sealer = _background[pool] = BackgroundSealer(engine)
+    return sealer
+
+
+async def seal_after_commit(engine: AsyncEngine) -> None:
+    """The after-commit hook: start (or extend) the background seal and return at once."""
+    background_sealer(engine).poke()
+
+
+async def settle(engine: AsyncEngine) -> None:
+    """Wait until the background seal started by this loop's writes is done (no-op on SQLite)."""
+    if _uses_pending(engine):
+        await background_sealer(engine).settle()
 
 
 async def seal_forever(engine: AsyncEngine, stop: Any, interval_seconds: float = SEAL_INTERVAL_SECONDS) -> None:

@@ -141,4 +141,7 @@ class Database:
             yield conn
 
     async def dispose(self) -> None:
+        from refund_mcp.audit import sealing  # the audit package builds on this module
+
+        await sealing.settle(self.engine)
         await self.engine.dispose()
