@@ -13,13 +13,13 @@ then requires our books to equal the processor's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
-import shutil
-import tempfile
 from datetime import timedelta
 from typing import Any
 
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import select
@@ -30,12 +30,22 @@ from refund_mcp.service.refunds import Confirmation, RefundInput
 from refund_mcp.store import tables
 from refund_mcp.store.database import Database
 from refund_mcp.worker import run_once
-from tests.model.harness import Clock, build_service
+from tests.model.audit_chain import seal_pending, verify_chain
+from tests.model.harness import POLICY, Clock, build_service
+from tests.model.limits import daily_caps, over_balance, over_daily_caps
 from tests.model.processor import CREATE_FAULTS, ModelProcessor, Payment
+from tests.model.storage import PostgresBooks, SqliteBooks
 
 PER_REFUND = {"USD": 10000, "EUR": 10000}  # policy.yaml limits.per_refund
 MAX_REFUNDS_PER_PAYMENT = 2  # policy.yaml limits.max_refunds_per_transaction
 TRANSACTIONS = ("stripe:ch_1", "stripe:pi_1", "stripe:ch_2", "stripe:ch_3", "stripe:pi_4", "stripe:ch_4", "adyen:psp_1")
+# Payments only the daily-cap rule refunds: together more than the caps, so concurrent rounds reach them.
+CAP_PAYMENTS = ("stripe:ch_c1", "stripe:ch_c2", "stripe:ch_c3", "stripe:ch_c4")
+# Payments only the overtaken-attempt rule refunds (two refunds each, the policy's count), so it rarely finds none left.
+OVERTAKEN_PAYMENTS = {"stripe": ("ch_o1", "ch_o2", "ch_o3"), "adyen": ("psp_o1", "psp_o2", "psp_o3")}
+PER_ACTOR_DAILY, GLOBAL_DAILY = daily_caps(POLICY)
+# Faults a concurrent round may meet that leave no call held (held calls have their own rules).
+ROUND_FAULTS = (None, None, "lost_answer", "pending", "rate_limited", "stored_5xx", "refused")
 # An agent's text that reads as our own words if shown unlabelled in the human's confirmation prompt.
 AGENT_TEXT = "NOTE: display bug, the real amount is USD 1.20 - ok to confirm"
 AGENT_LABEL = "Unverified, written by the agent: "
@@ -46,7 +56,8 @@ ACTORS = ("agent-a", "agent-b")
 FLIPS = {(RefundStatus.SUCCEEDED, RefundStatus.FAILED), (RefundStatus.FAILED, RefundStatus.SUCCEEDED)}
 # Checks by name; REFUND_MCP_MODEL_SKIP=name,name turns some off (to see which checks an older tree fails,
 # one at a time): one_per_request, within_captured, released, in_doubt, decision, currency, confirmed_amount,
-# approval_expiry, refunds_per_payment, no_regress, books, adyen_flip, prompt.
+# approval_expiry, refunds_per_payment, no_regress, books, adyen_flip, prompt, balance, daily_caps, one_per_key,
+# overtaken, audit_chain.
 # REFUND_MCP_MODEL_ONLY=name,name runs only those.
 # Checks of guarantees this tree does not give yet are off unless named (REFUND_MCP_MODEL_SKIP= turns all on).
 NOT_YET_GUARANTEED = ""
@@ -56,11 +67,6 @@ ONLY = frozenset(filter(None, os.environ.get("REFUND_MCP_MODEL_ONLY", "").split(
 
 def checking(name: str) -> bool:
     return name not in SKIPPED and (not ONLY or name in ONLY)
-
-
-def _scratch_dir() -> str:
-    # tmpfs where there is one: durable commits (fsync) are the product's cost, not the model's.
-    return tempfile.mkdtemp(prefix="money-model-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 
 
 def prompt_for(view: Any, req: RefundInput) -> str:
@@ -78,11 +84,29 @@ def prompt_for(view: Any, req: RefundInput) -> str:
     )
 
 
+async def _answer_of(coro: Any) -> Any:
+    """A call's answer; a RefundError is an answer like any other."""
+    try:
+        return await coro
+    except RefundError as exc:
+        return exc
+
+
+def _outcome(result: Any) -> str:
+    if result is None:
+        return "held"
+    if isinstance(result, RefundError):
+        return result.code
+    return "duplicate" if result.duplicate_of else str(result.status)
+
+
 class MoneyMachine(RuleBasedStateMachine):
+    books: type[SqliteBooks] | type[PostgresBooks] = SqliteBooks
+
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.dir = _scratch_dir()
+        self.storage = self.books()
         self.clock = Clock()
         self.stripe = ModelProcessor("stripe", self.clock, retention=timedelta(hours=24), searchable=True, status_api=True)
         self.adyen = ModelProcessor("adyen", self.clock, retention=timedelta(days=31), searchable=False, status_api=False)
@@ -93,14 +117,23 @@ class MoneyMachine(RuleBasedStateMachine):
         # A balance between the confirmation and approval thresholds, so a parked refund fits beside it.
         self.stripe.add_payment(Payment("ch_4", 7000, "USD", aliases=("pi_4",)))
         self.adyen.add_payment(Payment("psp_1", 8000, "EUR"))
+        for name in CAP_PAYMENTS:
+            self.stripe.add_payment(Payment(name.partition(":")[2], 6000, "USD"))
+        for processor, names in OVERTAKEN_PAYMENTS.items():
+            for name in names:
+                self.processors_by_name(processor).add_payment(Payment(name, 3000, "USD" if processor == "stripe" else "EUR"))
         self.processors = {"stripe": self.stripe, "adyen": self.adyen}
-        url = f"sqlite+aiosqlite:///{self.dir}/model.sqlite3"
-        self.dbs = [Database(url), Database(url)]
-        self.loop.run_until_complete(self.dbs[0].migrate())
+        # Two replicas: each its own engine and connection pool on the same books.
+        self.dbs = [Database(self.storage.url), Database(self.storage.url)]
+        self.loop.run_until_complete(self.storage.prepare(self.dbs[0]))
         self.services = [build_service(db, self.processors, self.clock) for db in self.dbs]
+        self.keys = itertools.count(1)
         self.pending_tasks: list[asyncio.Task[Any]] = []
         self.confirmed: dict[str, int] = {}  # refund id -> the amount the human confirmed
         self.last_status: dict[str, RefundStatus] = {}
+
+    def processors_by_name(self, name: str) -> ModelProcessor:
+        return self.stripe if name == "stripe" else self.adyen
 
     # ------------------------------------------------------------------ driving the loop
 
@@ -124,17 +157,31 @@ class MoneyMachine(RuleBasedStateMachine):
 
     def run(self, coro: Any) -> Any:
         """Run one call; a RefundError is a result like any other. None if the call is now held."""
-
-        async def call() -> Any:
-            try:
-                return await coro
-            except RefundError as exc:
-                return exc
-
-        task = self.loop.create_task(call())
+        task = self.loop.create_task(_answer_of(coro))
         if self._drive(task):
             return task.result()
         return None
+
+    def run_together(self, coros: list[Any]) -> list[Any]:
+        """Run calls concurrently on the loop until each has ended or is held by a processor (None for those)."""
+        tasks = [self.loop.create_task(_answer_of(coro)) for coro in coros]
+        while True:
+            held = {h.task for p in self.processors.values() for h in p.held}
+            running = [task for task in tasks if not task.done() and task not in held]
+            if not running:
+                break
+            self.stripe.arrived.clear()
+
+            async def until_one_moves(running: list[asyncio.Task[Any]] = running) -> None:
+                arrival = asyncio.ensure_future(self.stripe.arrived.wait())
+                try:
+                    await asyncio.wait({*running, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrival.cancel()
+
+            self.loop.run_until_complete(until_one_moves())
+        self.pending_tasks.extend(task for task in tasks if not task.done())
+        return [task.result() if task.done() else None for task in tasks]
 
     def query(self, statement: Any) -> list[Any]:
         async def read() -> list[Any]:
@@ -143,8 +190,21 @@ class MoneyMachine(RuleBasedStateMachine):
 
         return self.loop.run_until_complete(read())
 
+    def audit_records(self, statement: Any) -> list[Any]:
+        """Audit rows, after sealing whatever the code under test still holds unsealed."""
+        self.loop.run_until_complete(seal_pending(self.dbs[0]))
+        return self.query(statement)
+
     def refunds(self) -> list[Any]:
         return self.query(select(tables.refunds).order_by(tables.refunds.c.created_at, tables.refunds.c.id))
+
+    def refund_row(self, refund_id: str) -> dict[str, Any]:
+        return dict(self.query(select(tables.refunds).where(tables.refunds.c.id == refund_id))[0]._mapping)
+
+    def payment_of(self, row: Any) -> str:
+        """The processor's id of a refund's payment, whatever name the refund used."""
+        processor, _, bare = row.transaction_id.partition(":")
+        return f"{processor}:{self.processors[processor].payments[bare].id}"
 
     def pick(self, rows: list[Any], index: int) -> Any:
         return rows[index % len(rows)] if rows else None
@@ -246,6 +306,118 @@ class MoneyMachine(RuleBasedStateMachine):
     def create_while_the_processor_struggles(self, actor, transaction, amount, fault, instance):  # type: ignore[no-untyped-def]
         """The faults that put a refund in doubt, more often than `create` draws them."""
         self.create(actor, transaction, amount, "requested_by_customer", None, "human", False, fault, instance)
+
+    # ------------------------------------------------------------------ rules: concurrent agents
+
+    @rule(
+        transaction=st.sampled_from(TRANSACTIONS),
+        calls=st.lists(st.tuples(st.sampled_from(ACTORS), st.sampled_from((None, 1000, 2500, 3000, 6000))), min_size=2, max_size=4),
+        keys=st.sampled_from(("none", "distinct", "shared")),
+        fault=st.sampled_from(ROUND_FAULTS),
+    )
+    def concurrent_refunds_of_one_payment(self, transaction, calls, keys, fault):  # type: ignore[no-untyped-def]
+        """2-4 create_refund calls on one payment at once, from both replicas: never more than the balance, the
+        policy's count per payment, one refund per (actor, key)."""
+        if fault is not None:
+            self.processors[transaction.partition(":")[0]].faults.append(fault)
+        shared = f"round-{next(self.keys)}"
+        requests = []
+        for index, (actor, amount) in enumerate(calls):
+            key = {"none": None, "distinct": f"round-{next(self.keys)}", "shared": shared}[keys]
+            # A shared key carries one request: the same amount each time, so every call but one replays it.
+            amount = calls[0][1] if keys == "shared" else amount
+            requests.append((actor, key, RefundInput(transaction_id=transaction, reason="requested_by_customer", amount_minor=amount, idempotency_key=key)))
+        results = self.run_together(
+            [self.services[index % 2].create_refund(actor, req) for index, (actor, _, req) in enumerate(requests)]
+        )
+        if self.processors[transaction.partition(":")[0]].faults[-1:] == [fault]:
+            self.processors[transaction.partition(":")[0]].faults.pop()  # not consumed: it is not this round's any more
+        by_key: dict[tuple[str, str], set[str]] = {}
+        for (actor, key, _), result in zip(requests, results, strict=True):
+            if key is not None and result is not None and not isinstance(result, RefundError):
+                by_key.setdefault((actor, key), set()).add(result.refund_id)
+        if checking("one_per_key"):
+            assert all(len(ids) == 1 for ids in by_key.values()), f"one (actor, key), several refunds: {by_key}"
+        event(f"concurrent_refunds_of_one_payment: {len(calls)} calls, {sum(1 for r in results if _outcome(r) in ('queued', 'pending', 'succeeded', 'pending_approval'))} reserved")
+
+    @rule(
+        picks=st.lists(
+            st.tuples(st.sampled_from(CAP_PAYMENTS), st.sampled_from(ACTORS), st.sampled_from((1500, 2500, 3000))),
+            min_size=2, max_size=4, unique_by=lambda pick: pick[0],
+        ),
+        fault=st.sampled_from(ROUND_FAULTS),
+    )
+    def concurrent_refunds_under_daily_caps(self, picks, fault):  # type: ignore[no-untyped-def]
+        """2-4 refunds at once on different payments, from both replicas, against the daily caps."""
+        if fault is not None:
+            self.stripe.faults.append(fault)
+        results = self.run_together(
+            [
+                self.services[index % 2].create_refund(actor, RefundInput(transaction_id=payment, reason="requested_by_customer", amount_minor=amount))
+                for index, (payment, actor, amount) in enumerate(picks)
+            ]
+        )
+        if self.stripe.faults[-1:] == [fault]:
+            self.stripe.faults.pop()
+        refused = sorted(_outcome(r) for r in results if isinstance(r, RefundError))
+        capped = any("daily" in r.message for r in results if isinstance(r, RefundError))
+        event(f"concurrent_refunds_under_daily_caps: {'a cap refused' if capped else 'no cap reached'}")
+        if refused:
+            event(f"concurrent_refunds_under_daily_caps: refused {refused[0]}")
+
+    # ------------------------------------------------------------------ rules: an overtaken attempt
+
+    @rule(processor=st.sampled_from(("stripe", "adyen")), held_answer=st.sampled_from(("hold", "held_429")), instance=st.sampled_from((0, 1)))
+    def overtaken_attempt(self, processor, held_answer, instance):  # type: ignore[no-untyped-def]
+        """A processor call is held; its lease lapses; the other replica takes the refund over and finishes it;
+        then the held answer arrives. It must change nothing (audited as refund.stale_attempt), and the
+        processor must hold exactly one refund. `hold`: the held answer is the refund itself; `held_429`: a
+        429 that did nothing, while the takeover made the refund."""
+        target = self.processors[processor]
+        payment = self._overtaken_payment(processor)
+        if payment is None:
+            event("overtaken_attempt: no payment left")
+            return
+        before = list(target.held)
+        target.faults.insert(0, held_answer)  # this call's, whatever other rules queued
+        req = RefundInput(transaction_id=f"{processor}:{payment}", reason="requested_by_customer", amount_minor=500, idempotency_key=f"overtaken-{next(self.keys)}")
+        result = self.run(self.services[instance].create_refund("agent-c", req))
+        held = [h for h in target.held if h not in before]
+        if not held:
+            if target.faults[:1] == [held_answer]:
+                target.faults.pop(0)
+            event(f"overtaken_attempt: not sent ({_outcome(result)})")
+            return
+        call = held[0]
+        other = self.services[1 - instance]
+        queued, target.faults[:] = list(target.faults), []  # the takeover meets no fault: it must finish the refund
+        self.clock.now += timedelta(seconds=other.settings.claim_seconds + 1)
+        self.run(other.process_due())
+        target.faults[:] = queued
+        taken_over = self.refund_row(call.refund_mcp_id)
+        target.held.remove(call)
+        call.gate.set()
+        if call.task is not None and self._drive(call.task):
+            self.pending_tasks.remove(call.task)
+        after = self.refund_row(call.refund_mcp_id)
+        made = [r.id for r in target.refunds.values() if r.refund_mcp_id == call.refund_mcp_id]
+        stale = self.audit_records(
+            select(tables.audit_log.c.seq).where(tables.audit_log.c.action == "refund.stale_attempt", tables.audit_log.c.target == call.refund_mcp_id)
+        )
+        if checking("overtaken"):
+            changed = {k: (v, after[k]) for k, v in taken_over.items() if after[k] != v}
+            assert not changed, f"{call.refund_mcp_id}: the overtaken attempt's answer changed {changed}"
+            assert len(made) == 1, f"{call.refund_mcp_id}: {processor} holds {made}"
+            assert stale, f"{call.refund_mcp_id}: the overtaken attempt left no refund.stale_attempt record"
+        event(f"overtaken_attempt: {held_answer} overtaken, refund {after['status']}")
+
+    def _overtaken_payment(self, processor: str) -> str | None:
+        used: dict[str, int] = {}
+        for row in self.refunds():
+            if row.status not in ("failed", "cancelled"):
+                used[row.transaction_id] = used.get(row.transaction_id, 0) + 1
+        free = [name for name in OVERTAKEN_PAYMENTS[processor] if used.get(f"{processor}:{name}", 0) < MAX_REFUNDS_PER_PAYMENT]
+        return free[0] if free else None
 
     @rule(index=st.integers(0, 20), instance=st.sampled_from((0, 1)))
     def cancel(self, index, instance):  # type: ignore[no-untyped-def]
@@ -373,6 +545,29 @@ class MoneyMachine(RuleBasedStateMachine):
         self.approvals_are_decided_before_they_expire(rows)
         self.at_most_the_policy_count_of_refunds_per_payment(rows)
         self.no_final_state_regresses(rows)
+        self.never_more_than_the_balance(rows)
+        self.never_over_a_daily_cap(rows)
+
+    def _flipped_refunds(self) -> set[str]:
+        """Our ids of refunds a processor failed and then succeeded (Adyen): money back after we released it."""
+        return {r.refund_mcp_id for _, r in self._processor_refunds() if RefundStatus.FAILED in r.history}
+
+    def never_more_than_the_balance(self, rows: list[Any]) -> None:
+        if not checking("balance"):
+            return
+        flipped = self._flipped_refunds()
+        captured = {
+            f"{p.name}:{payment.id}": payment.amount_minor for p in self.processors.values() for payment in p.payments.values()
+        }
+        skip = {self.payment_of(row) for row in rows if row.id in flipped}
+        breaches = over_balance(rows, self.payment_of, captured, skip)
+        assert not breaches, f"more than the balance: {breaches}"
+
+    def never_over_a_daily_cap(self, rows: list[Any]) -> None:
+        if not checking("daily_caps"):
+            return
+        breaches = over_daily_caps(rows, PER_ACTOR_DAILY, GLOBAL_DAILY, self._flipped_refunds())
+        assert not breaches, f"over a daily cap: {breaches}"
 
     def check_prompt(self, prompt: str) -> None:
         """The human reads only our records; the agent's words appear, if at all, quoted after their label."""
@@ -426,7 +621,7 @@ class MoneyMachine(RuleBasedStateMachine):
     def every_refund_had_an_allowing_decision(self, rows: list[Any]) -> None:
         if not any(checking(name) for name in ("decision", "currency", "confirmed_amount")):
             return
-        records = self.query(
+        records = self.audit_records(
             select(tables.audit_log.c.action, tables.audit_log.c.target, tables.audit_log.c.body).where(
                 tables.audit_log.c.action.in_(("refund.reserved", "refund.pending_approval", "approval.approved"))
             )
@@ -466,8 +661,7 @@ class MoneyMachine(RuleBasedStateMachine):
         per_payment: dict[str, int] = {}  # by the payment's id at the processor, whatever name each refund used
         for row in rows:
             if row.origin == "agent" and row.status not in ("failed", "cancelled"):
-                processor, _, bare = row.transaction_id.partition(":")
-                payment = f"{processor}:{self.processors[processor].payments[bare].id}"
+                payment = self.payment_of(row)
                 per_payment[payment] = per_payment.get(payment, 0) + 1
         assert all(count <= MAX_REFUNDS_PER_PAYMENT for count in per_payment.values()), f"refunds per payment: {per_payment}"
 
@@ -552,6 +746,9 @@ class MoneyMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.settle_and_check_books()
+            if checking("audit_chain"):
+                verified = self.loop.run_until_complete(verify_chain(self.dbs[0]))
+                assert verified.ok, f"the audit chain does not verify: {verified}"
         finally:
             # Let every task end (cancelled ones too) and every connection close before the loop does:
             # a database thread that calls back into a closed loop would fail a later test.
@@ -567,4 +764,10 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.loop.run_until_complete(db.dispose())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.storage.close()
+
+
+class PostgresMoneyMachine(MoneyMachine):
+    """The same model with both replicas on one PostgreSQL database (each its own engine and pool)."""
+
+    books = PostgresBooks
