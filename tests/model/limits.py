@@ -56,4 +56,4 @@ def over_daily_caps(rows: Iterable[Any], per_actor: Mapping[str, int], everyone:
         total = sum(int(r.amount_minor) for r in mine)
         if cap is not None and total > cap:
             breaches.append(f"{last.actor}: {total} {last.currency} in the 24 h up to {last.created_at} (cap {cap}): {[r.id for r in mine]}")
-    return breaches
+    return sorted(set(breaches))

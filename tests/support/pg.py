@@ -51,9 +51,10 @@ class ResettableDatabase:
     """One migrated PostgreSQL database reused by many short runs: `reset()` brings it back to the state it had
     right after migrating (every table emptied, the rows the migrations seed put back, sequences rewound).
 
-    Creating and migrating a database costs about a second; a reset costs a few milliseconds, which is what a
-    property-based test running hundreds of examples can afford. Generic over the schema, so tables added by
-    later revisions are covered without listing them here."""
+    Creating and migrating a database costs about a second; a reset costs a few tens of milliseconds, which is
+    what a property-based test running hundreds of examples can afford. Rows are deleted, children before
+    parents, rather than truncated: on tables this small TRUNCATE (new files for every table) is about eight
+    times slower. Generic over the schema, so tables added by later revisions are covered without listing them here."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -66,7 +67,7 @@ class ResettableDatabase:
 
         conn = await asyncpg.connect(_asyncpg_dsn(self.url))
         try:
-            for table in await _tables(conn):
+            for table in await _tables_children_first(conn):
                 self._seeded[table] = list(await conn.fetch(f'SELECT * FROM "{table}"'))
             for row in await conn.fetch("SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = current_schema()"):
                 self._sequences[row["sequencename"]] = row["last_value"]
@@ -79,9 +80,9 @@ class ResettableDatabase:
         conn = await asyncpg.connect(_asyncpg_dsn(self.url))
         try:
             async with conn.transaction():
-                names = ", ".join(f'"{table}"' for table in self._seeded)
-                await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-                for table, rows in self._seeded.items():
+                for table in self._seeded:
+                    await conn.execute(f'DELETE FROM "{table}"')
+                for table, rows in reversed(self._seeded.items()):
                     if rows:
                         await conn.copy_records_to_table(table, records=[tuple(r) for r in rows], columns=list(rows[0].keys()))
                 for sequence, last_value in self._sequences.items():
@@ -93,8 +94,26 @@ class ResettableDatabase:
             await conn.close()
 
 
-async def _tables(conn: Any) -> list[str]:
+async def _tables_children_first(conn: Any) -> list[str]:
+    """The schema's tables (not Alembic's), each before every table it references."""
     rows = await conn.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'alembic_version' ORDER BY tablename"
     )
-    return [row["tablename"] for row in rows]
+    references = await conn.fetch(
+        "SELECT conrelid::regclass::text AS child, confrelid::regclass::text AS parent FROM pg_constraint "
+        "WHERE contype = 'f' AND connamespace = current_schema()::regnamespace"
+    )
+    parents: dict[str, set[str]] = {row["tablename"]: set() for row in rows}
+    for ref in references:
+        child, parent = ref["child"].strip('"'), ref["parent"].strip('"')
+        if child != parent and child in parents and parent in parents:
+            parents[child].add(parent)
+    ordered: list[str] = []  # parents first, then reversed
+    while parents:
+        ready = sorted(table for table, needs in parents.items() if not needs - set(ordered))
+        if not ready:
+            raise RuntimeError(f"foreign keys form a cycle among {sorted(parents)}")
+        ordered.extend(ready)
+        for table in ready:
+            del parents[table]
+    return ordered[::-1]
