@@ -366,7 +366,7 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @rule(
         picks=st.lists(
-            st.tuples(st.sampled_from(CAP_PAYMENTS), st.sampled_from(ACTORS), st.sampled_from((1500, 2500, 3000))),
+            st.tuples(st.sampled_from(CAP_PAYMENTS), st.sampled_from(ACTORS), st.sampled_from((1500, 2500, 3000, 3000))),
             min_size=2, max_size=4, unique_by=lambda pick: pick[0],
         ),
         fault=st.sampled_from(ROUND_FAULTS),
