@@ -420,15 +420,24 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         call = held[0]
         other = self.services[1 - instance]
-        queued, target.faults[:] = list(target.faults), [takeover_meets] if takeover_meets else []
+        held_claim = self.refund_row(call.refund_mcp_id)["claim_token"]
+        # The takeover meets only the fault drawn for it: nothing queued by other rules, on either processor.
+        queued = {name: list(p.faults) for name, p in self.processors.items()}
+        for p in self.processors.values():
+            p.faults[:] = []
+        target.faults.extend([takeover_meets] if takeover_meets else [])
         self.clock.now += timedelta(seconds=other.settings.claim_seconds + 1)
         self.run(other.process_due())
-        target.faults[:] = queued
+        for name, p in self.processors.items():
+            p.faults[:] = queued[name]
         taken_over = self.refund_row(call.refund_mcp_id)
         target.held.remove(call)
         call.gate.set()
         if call.task is not None and self._drive(call.task):
             self.pending_tasks.remove(call.task)
+        if taken_over["claim_token"] == held_claim:  # the worker claimed other due refunds first (it takes 20 at most)
+            self.note("overtaken_attempt: not taken over")
+            return
         after = self.refund_row(call.refund_mcp_id)
         made = [r.id for r in target.refunds.values() if r.refund_mcp_id == call.refund_mcp_id]
         stale = self.audit_records(
