@@ -40,7 +40,7 @@ from typing import Any
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import select
 
 from refund_mcp.domain.errors import RefundError
@@ -514,17 +514,21 @@ class MoneyMachine(RuleBasedStateMachine):
     def time_passes(self, seconds):  # type: ignore[no-untyped-def]
         self.clock.now += timedelta(seconds=seconds)
 
-    @precondition(lambda self: any(p.held for p in self.processors.values()))
+    # No preconditions here or anywhere: which calls end up held depends on how concurrent calls raced, and a
+    # precondition that reads it would make hypothesis' choice of rules differ when it replays an example.
     @rule(instance=st.sampled_from((0, 1)))
     def another_worker_takes_over(self, instance):  # type: ignore[no-untyped-def]
         """While a call is held, its lease lapses and a worker takes the refund over."""
+        if not any(p.held for p in self.processors.values()):
+            return
         self.clock.now += timedelta(seconds=self.services[instance].settings.claim_seconds + 1)
         self.run(run_once(self.services[instance]))
 
-    @precondition(lambda self: any(p.held for p in self.processors.values()))
     @rule(index=st.integers(0, 5))
     def release_held(self, index):  # type: ignore[no-untyped-def]
         held = [h for p in self.processors.values() for h in p.held]
+        if not held:
+            return
         chosen = held[index % len(held)]
         for processor in self.processors.values():
             if chosen in processor.held:
