@@ -278,6 +278,10 @@ async def test_two_person_approval_and_its_notifications_on_postgresql(app_facto
         assert done.status == "succeeded" and done.approval.approved_by == ["alice", "bob"]
         from sqlalchemy import select
 
+        from refund_mcp.audit import sealing
+
+        # Notifications are written when their audit records are sealed, just after the commit, in the background.
+        await sealing.seal_all(app.db.engine)
         async with app.db.read() as conn:
             kinds = (await conn.execute(select(tables.notifications.c.type).order_by(tables.notifications.c.audit_seq))).scalars().all()
         assert kinds == ["refund.approval_requested", "refund.approval_requested", "refund.approval_decided"]
