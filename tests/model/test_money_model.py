@@ -31,4 +31,4 @@ class TestMoneyModelPostgres(PostgresMoneyMachine.TestCase):
 @pytest.mark.postgres
 @pytest.mark.usefixtures("model_pg_database")
 class TestMoneyModelPostgresLong(PostgresMoneyMachine.TestCase):
-    settings = settings(max_examples=150, stateful_step_count=40, **_COMMON)
+    settings = settings(max_examples=100, stateful_step_count=40, **_COMMON)
