@@ -341,7 +341,8 @@ class Reserver:
                     submit = True
                     message = "Accepted and reserved; submitting to the processor."
                 action = "refund.reserved"
-            await queries.insert_refund(conn, **values)
+            # Claimed by this call and committed: the submitter uses this row without reading it again.
+            row = await queries.insert_refund(conn, **values)
             if req.idempotency_key is not None:
                 await queries.insert_idempotency(conn, actor, req.idempotency_key, request_hash, refund_id, now)
             await audit.append(
@@ -356,8 +357,6 @@ class Reserver:
                     detail={"transaction_id": ev.txn.id, "amount_minor": ev.amount_minor, "currency": ev.txn.currency},
                 ),
             )
-            # Claimed by this call and committed: the submitter can use this row without reading it again.
-            row = await queries.get_refund(conn, refund_id)
             # Last, so the daily caps' counters are locked only until the commit that follows.
             await daily_caps.take(conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now)
         view = rendering.refund_view(row)

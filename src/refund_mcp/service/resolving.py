@@ -189,11 +189,16 @@ class Resolver:
             return prefetched.info, prefetched.note
         return await self.fetch_transaction(ref)
 
-    async def record_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> None:
-        """Write what the processor just said about the payment, and the other names it gave (a write)."""
-        if info is not None:
-            await queries.upsert_transaction(conn, ref.canonical, info, self.now())
-            await identity.record_aliases(conn, ref.processor, info, self.now())
+    async def record_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any] | None:
+        """Write what the processor just said about the payment, and the other names it gave (a write).
+
+        Returns the payment's row as written (locked on PostgreSQL until commit), or None when there was
+        no answer to write."""
+        if info is None:
+            return None
+        txn = await queries.upsert_transaction(conn, ref.canonical, info, self.now())
+        await identity.record_aliases(conn, ref.processor, info, self.now())
+        return txn
 
     async def recorded_transaction(self, conn: AsyncConnection, ref: TransactionRef, *, lock: bool = False) -> Row[Any]:
         txn = await queries.get_transaction(conn, ref.canonical, lock=lock)
@@ -207,6 +212,11 @@ class Resolver:
         return txn
 
     async def known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None, *, lock: bool = False) -> Row[Any]:
-        """The payment's row after recording the processor's answer (`lock`: and locked for this transaction)."""
-        await self.record_transaction(conn, ref, info)
+        """The payment's row after recording the processor's answer (`lock`: and locked for this transaction).
+
+        With an answer, the upsert's own result is the row, and on PostgreSQL its lock the payment's lock;
+        without one, our record is read (and locked when asked)."""
+        recorded = await self.record_transaction(conn, ref, info)
+        if recorded is not None:
+            return recorded
         return await self.recorded_transaction(conn, ref, lock=lock)

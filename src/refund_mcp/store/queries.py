@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, true, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
 from refund_mcp.store import cap_usage, tables, upsert
-from refund_mcp.store.modes import locked_when_writing
+from refund_mcp.store.modes import locked_when_writing, wants_lock
 
 R = tables.refunds
 T = tables.transactions
@@ -20,13 +20,35 @@ _RESERVING = [status.value for status in RESERVING_STATUSES]
 _AT_PROCESSOR = [RefundStatus.PENDING.value, RefundStatus.REQUIRES_ACTION.value]
 
 
-async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> None:
-    values = _transaction_values(info, now)
-    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
-    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
-    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
-    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
-    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
+_TRANSACTION_FIELDS = (
+    "processor", "processor_transaction_id", "amount_minor", "currency", "captured_minor", "processor_refunded_minor",
+    "status", "refundable", "customer_ref", "description", "created_at", "updated_at",
+)
+
+
+def _upsert_transaction_statement(dialect: str) -> Any:
+    """Record the processor's answer about a payment and return the row, in one statement.
+
+    One statement, so two writers recording a new payment at once cannot both insert it (no global writer
+    lock orders them). On PostgreSQL INSERT ... ON CONFLICT DO UPDATE locks the row until commit: it is the
+    payment's lock. It sets only what the processor says: never first_seen_at, and never the running totals
+    (reserved_minor, ...), which only the triggers on refunds write. Built once per dialect, with bound
+    parameters, so every call reuses the compiled statement."""
+    columns = ("id", "first_seen_at", *_TRANSACTION_FIELDS)
+    statement = upsert.insert_for(dialect, T).values({name: bindparam(name, type_=T.c[name].type) for name in columns})
+    excluded = {name: statement.excluded[name] for name in _TRANSACTION_FIELDS}
+    return statement.on_conflict_do_update(index_elements=[T.c.id], set_=excluded).returning(*T.c)
+
+
+_UPSERT_TRANSACTION = {dialect: _upsert_transaction_statement(dialect) for dialect in upsert.DIALECTS}
+_GET_TRANSACTION = select(T).where(T.c.id == bindparam("id"))
+_GET_TRANSACTION_LOCKED = _GET_TRANSACTION.with_for_update()
+
+
+async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> Row[Any]:
+    """Write what the processor says about the payment; the row as it now is (locked on PostgreSQL)."""
+    params = {"id": canonical_id, "first_seen_at": now, **_transaction_values(info, now)}
+    return (await conn.execute(_UPSERT_TRANSACTION[conn.dialect.name], params)).one()
 
 
 def _transaction_values(info: TransactionInfo, now: datetime) -> dict[str, Any]:
@@ -60,7 +82,8 @@ async def insert_transaction_if_absent(conn: AsyncConnection, canonical_id: str,
 
 async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool | None = None) -> Row[Any] | None:
     """The payment; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py)."""
-    return (await conn.execute(locked_when_writing(conn, select(T).where(T.c.id == canonical_id), lock=lock))).first()
+    query = _GET_TRANSACTION_LOCKED if wants_lock(conn, lock) else _GET_TRANSACTION
+    return (await conn.execute(query, {"id": canonical_id})).first()
 
 
 async def find_transactions_by_bare_id(conn: AsyncConnection, bare_id: str) -> list[Row[Any]]:
@@ -209,8 +232,12 @@ async def insert_idempotency(conn: AsyncConnection, actor: str, key: str, reques
     )
 
 
-async def insert_refund(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(insert(R).values(**values))
+_INSERT_REFUND = insert(R).returning(*R.c)
+
+
+async def insert_refund(conn: AsyncConnection, **values: Any) -> Row[Any]:
+    """Insert a refund and return it as stored (defaults filled in), in one statement."""
+    return (await conn.execute(_INSERT_REFUND, values)).one()
 
 
 async def update_refund(conn: AsyncConnection, refund_id: str, **values: Any) -> None:
