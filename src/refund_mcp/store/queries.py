@@ -294,6 +294,13 @@ async def update_claimed(
     return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
 
 
+async def update_claimed_in(conn: AsyncConnection, refund_id: str, claim_token: int, seen: str, **values: Any) -> Row[Any] | None:
+    """A write after a processor call, applied only if the attempt still holds its claim and the refund is still
+    in status `seen` (what the attempt last saw). None: nothing was written."""
+    conditions = (R.c.id == refund_id, R.c.claim_token == claim_token, R.c.status == seen)
+    return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
+
+
 async def due_for_sync(conn: AsyncConnection, now: datetime, processors: list[str], limit: int) -> list[Row[Any]]:
     """Refunds the processor accepted but has not finished, on processors with a status API."""
     query = (
