@@ -47,7 +47,7 @@ from refund_mcp.service.metadata import encode as encode_metadata
 from refund_mcp.service.metadata import validate_metadata
 from refund_mcp.service.resolving import Resolver, TransactionRef
 from refund_mcp.settings import Settings
-from refund_mcp.store import queries
+from refund_mcp.store import cap_usage, queries
 from refund_mcp.store.database import Database
 
 
@@ -81,6 +81,7 @@ class Evaluation:
     balance: queries.Balance
     decision: Decision | None  # None when a balance/currency error came first
     error: RefundError | None
+    window: cap_usage.WindowRead | None = None  # the daily caps' buckets the decision read
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,9 @@ class Reserver:
         if error is not None:
             return Evaluation(txn, amount, bal, None, error)
         now = self.now()
-        actor_daily, global_daily = await queries.daily_totals(conn, currency=txn.currency, since=now - timedelta(hours=24), actor=actor)
+        window = await queries.daily_window(conn, currency=txn.currency, at=now, actor=actor)
+        everyone, mine = cap_usage.scopes(actor)
+        actor_daily, global_daily = window.total(mine), window.total(everyone)
         decision = self.policy.engine().evaluate(
             PolicyRequest(
                 tool=tool,
@@ -194,7 +197,7 @@ class Reserver:
                 now=now,
             )
         )
-        return Evaluation(txn, amount, bal, decision, None)
+        return Evaluation(txn, amount, bal, decision, None, window)
 
     @traced_async("refund.reserve", lambda reserved: {"refund_mcp.refund_id": reserved.view.refund_id, "refund_mcp.refund_status": str(reserved.view.status)})
     async def reserve(
@@ -358,7 +361,9 @@ class Reserver:
                 ),
             )
             # Last, so the daily caps' counters are locked only until the commit that follows.
-            await daily_caps.take(conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now)
+            await daily_caps.take(
+                conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now, seen=ev.window
+            )
         view = rendering.refund_view(row)
         view.message = message
         return Reservation(view, row, submit)

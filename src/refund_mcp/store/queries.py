@@ -162,12 +162,21 @@ async def daily_totals(conn: AsyncConnection, *, currency: str, since: datetime,
     return await cap_usage.window_sums(conn, currency=currency, since=since, actor=actor)
 
 
+async def daily_window(conn: AsyncConnection, *, currency: str, at: datetime, actor: str) -> cap_usage.WindowRead:
+    """The daily caps' window for a refund created at `at` (its hour and the 24 before it), both scopes, as read
+    now: the same numbers as `daily_totals(since=at - 24 h)`, kept so the cap take can reuse them where safe."""
+    return await cap_usage.read_window(conn, actor=actor, currency=currency, created_at=at)
+
+
 async def take_cap_usage(
-    conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, amount_minor: int, caps: dict[str, int | None]
+    conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, amount_minor: int, caps: dict[str, int | None],
+    seen: cap_usage.WindowRead | None = None,
 ) -> str | None:
     """Count a new agent refund against the daily caps if it fits (store/cap_usage.py take): None, or the
     scope whose cap it would exceed."""
-    return await cap_usage.take(conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps)
+    return await cap_usage.take(
+        conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps, seen=seen
+    )
 
 
 async def get_refund(conn: AsyncConnection, refund_id: str, *, lock: bool | None = None) -> Row[Any] | None:
