@@ -210,15 +210,18 @@ class Reserver:
         confirmation: Confirmation,
         request: dict[str, Any],
         confirmed: ConfirmedTerms | None = None,
+        *,
+        unchecked: TransactionRef | None = None,
     ) -> Reservation:
-        """The one serialized write: the refund, and whether to submit it now.
+        """The one serialized write: the refund, and whether to submit it now. `unchecked`: the name the
+        processor was asked about, when it is still to be checked against our aliases (Resolver.confirm_name).
 
         The same idempotency key committed meanwhile for another payment (which this payment's row lock does
         not serialize with) fails the key's insert: the whole reservation is taken once more, and then sees
         that key, so the caller gets the original refund or [idempotency_conflict], never an internal error."""
         for last in (False, True):
             try:
-                return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed)
+                return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed, unchecked)
             except IntegrityError:
                 if last or req.idempotency_key is None:
                     raise
@@ -226,7 +229,7 @@ class Reserver:
 
     async def _reserve_once(
         self, actor: str, req: RefundInput, ref: TransactionRef, info: TransactionInfo | None, currency: str | None,
-        confirmation: Confirmation, request: dict[str, Any], confirmed: ConfirmedTerms | None,
+        confirmation: Confirmation, request: dict[str, Any], confirmed: ConfirmedTerms | None, unchecked: TransactionRef | None,
     ) -> Reservation:
         now = self.now()
         engine = self.policy.engine()
@@ -235,6 +238,7 @@ class Reserver:
         # Metadata joins the hash only when given, so keys stored before it existed still replay.
         request_hash = _sha(ref.canonical, req.amount_minor, currency, req.reason, req.customer_ref, *([caller_metadata] if caller_metadata else []))
         async with self.db.write() as conn:
+            await self.resolver.confirm_name(conn, unchecked, ref)
             # The payment's row first: identical requests serialize on it, so the key and duplicate checks
             # below see a refund the other one committed.
             txn = await self.resolver.known_transaction(conn, ref, info, lock=True)
