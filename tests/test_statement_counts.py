@@ -93,22 +93,22 @@ async def test_create_refund(app: Any) -> None:
     request = RefundInput(transaction_id=PAYMENT, reason="service_issue", amount_minor=1, idempotency_key="counted")
     view, recorded = await counted(app, app.service.create_refund(ACTOR, request))
     assert view.status == "succeeded"
-    # the reservation (alias check, payment upsert, key, window, refund, key, audit x3, cap take x2);
-    # the answer (conditional update, audit x3)
-    expect(recorded, [11, 4])
+    # the reservation (alias check, payment upsert, key, window, refund, key, audit head and record, cap take x2);
+    # the answer (conditional update, audit head and record)
+    expect(recorded, [10, 3])
 
 
 async def test_lookup_transaction(app: Any) -> None:
     _view, recorded = await counted(app, app.service.lookup_transaction(ACTOR, PAYMENT))
-    expect(recorded, [5, 2])  # the alias check, payment upsert and audit; the view (payment, refunds)
+    expect(recorded, [4, 2])  # the alias check, payment upsert and audit (head, record); the view (payment, refunds)
 
 
 async def test_check_refund_policy(app: Any) -> None:
     _view, recorded = await counted(app, app.service.check_refund_policy(ACTOR, PAYMENT, "service_issue", 1))
-    expect(recorded, [2, 2, 3])  # the alias check and payment upsert; the evaluation (payment, window); audit
+    expect(recorded, [2, 2, 2])  # the alias check and payment upsert; the evaluation (payment, window); audit
 
 
 async def test_get_refund_status_without_refresh(app: Any) -> None:
     refund = await app.service.create_refund(ACTOR, RefundInput(transaction_id=PAYMENT, reason="service_issue", amount_minor=1, idempotency_key="s"))
     _view, recorded = await counted(app, app.service.get_refund_status(ACTOR, refund.refund_id, refresh=False))
-    expect(recorded, [1, 3])  # the refund; audit
+    expect(recorded, [1, 2])  # the refund; audit (head, record)
