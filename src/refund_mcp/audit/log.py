@@ -115,6 +115,7 @@ _MOVE_HEAD = (
 )
 _INSERT_RECORD = insert(tables.audit_log)
 _INSERT_NOTIFICATION = insert(tables.notifications)
+_INSERT_PENDING = insert(tables.audit_pending)
 
 
 async def _append_to_chain(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> int:
@@ -148,11 +149,8 @@ async def _move_head(conn: AsyncConnection, head: _Head, body: dict[str, Any]) -
 async def _append_pending(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> None:
     """PostgreSQL: one insert; the sealer runs once this transaction commits (Database.write)."""
     await conn.execute(
-        insert(tables.audit_pending).values(
-            **_columns(entry),
-            body=canonical_json(_body(entry)),
-            notification=notification.to_json() if notification is not None else None,
-        )
+        _INSERT_PENDING,
+        {**_columns(entry), "body": canonical_json(_body(entry)), "notification": notification.to_json() if notification is not None else None},
     )
     hooks = conn.info.get(AFTER_COMMIT)
     if hooks is not None:

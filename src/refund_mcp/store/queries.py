@@ -1,4 +1,7 @@
-"""Queries over transactions and refunds. Functions take the caller's connection (its transaction)."""
+"""Queries over transactions and refunds. Functions take the caller's connection (its transaction).
+
+The statements of the hot paths are built once, at import, with bound parameters (`_UPPER_CASE` names):
+SQLAlchemy then finds their compiled form in its cache without building and hashing a new construct per call."""
 
 from __future__ import annotations
 
@@ -179,11 +182,15 @@ async def take_cap_usage(
     )
 
 
+_GET_REFUND = select(R).where(R.c.id == bindparam("id"))
+_GET_REFUND_LOCKED = _GET_REFUND.with_for_update()
+
+
 async def get_refund(conn: AsyncConnection, refund_id: str, *, lock: bool | None = None) -> Row[Any] | None:
     """The refund; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py).
 
     Lock order: a refund before its payment, wherever a transaction takes both."""
-    return (await conn.execute(locked_when_writing(conn, select(R).where(R.c.id == refund_id), lock=lock))).first()
+    return (await conn.execute(_GET_REFUND_LOCKED if wants_lock(conn, lock) else _GET_REFUND, {"id": refund_id})).first()
 
 
 async def get_refund_by_processor_id(
@@ -193,9 +200,13 @@ async def get_refund_by_processor_id(
     return (await conn.execute(locked_when_writing(conn, query, lock=lock))).first()
 
 
+_REFUNDS_FOR_TRANSACTION = (
+    select(R).where(R.c.transaction_id == bindparam("transaction_id")).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(bindparam("limit"))
+)
+
+
 async def refunds_for_transaction(conn: AsyncConnection, transaction_id: str, limit: int = 50) -> list[Row[Any]]:
-    query = select(R).where(R.c.transaction_id == transaction_id).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit)
-    return list((await conn.execute(query)).all())
+    return list((await conn.execute(_REFUNDS_FOR_TRANSACTION, {"transaction_id": transaction_id, "limit": limit})).all())
 
 
 async def find_duplicate(conn: AsyncConnection, fingerprint: str, since: datetime) -> Row[Any] | None:
@@ -228,17 +239,17 @@ async def forget_event(conn: AsyncConnection, processor: str, event_id: str) -> 
     await conn.execute(delete(W).where(W.c.processor == processor, W.c.event_id == event_id))
 
 
+_K = tables.idempotency_keys
+_GET_IDEMPOTENCY = select(_K).where(_K.c.actor == bindparam("actor"), _K.c.key == bindparam("key"))
+_INSERT_IDEMPOTENCY = insert(_K)
+
+
 async def get_idempotency(conn: AsyncConnection, actor: str, key: str) -> Row[Any] | None:
-    query = select(tables.idempotency_keys).where(
-        tables.idempotency_keys.c.actor == actor, tables.idempotency_keys.c.key == key
-    )
-    return (await conn.execute(query)).first()
+    return (await conn.execute(_GET_IDEMPOTENCY, {"actor": actor, "key": key})).first()
 
 
 async def insert_idempotency(conn: AsyncConnection, actor: str, key: str, request_hash: str, refund_id: str, now: datetime) -> None:
-    await conn.execute(
-        insert(tables.idempotency_keys).values(actor=actor, key=key, request_hash=request_hash, refund_id=refund_id, created_at=now)
-    )
+    await conn.execute(_INSERT_IDEMPOTENCY, {"actor": actor, "key": key, "request_hash": request_hash, "refund_id": refund_id, "created_at": now})
 
 
 _INSERT_REFUND = insert(R).returning(*R.c)
