@@ -1,7 +1,8 @@
 """The refund service, transport-free: a façade over collaborators with one job each.
 
-create_refund: validate -> resolve the transaction (service/resolving.py) -> reserve it in one
-serialized write transaction (service/reserving.py: the payment's row, idempotency and duplicates,
+create_refund: validate -> route the transaction id to its account and ask the processor about it
+(service/resolving.py) -> reserve it in one serialized write transaction (service/reserving.py: the
+name checked against our aliases, the payment's row, idempotency and duplicates,
 balance and currency, policy, `queued` or `pending_approval`, audit) -> submit to the processor
 outside any transaction (service/submitting.py, one attempt by service/attempts.py) -> record the
 answer (service/recording.py) -> the view. A processor that cannot be reached leaves the refund

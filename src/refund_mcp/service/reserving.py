@@ -1,6 +1,8 @@
 """Reserving a refund: one serialized write that decides whether money may move, and holds it if so.
 
-In order, in one transaction: the payment's row (refreshed from the processor's answer, then locked),
+In order, in one transaction: the name the payment was asked about checked against our aliases (a name
+that turns out to be another payment's alias rolls back and starts again from that payment,
+Resolver.on_canonical); the payment's row (refreshed from the processor's answer, then locked),
 so that two identical requests for one payment queue behind each other and the second sees what the
 first committed; the idempotency key or the duplicate window; balance and currency; policy; the
 human's confirmed terms; then the refund is inserted (`queued`, claimed by this call, or
