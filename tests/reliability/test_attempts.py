@@ -177,6 +177,29 @@ async def test_an_attempt_overtaken_after_its_lease_lapsed_changes_nothing(tmp_p
         assert len(world.made(world.stripe, refund_id)) == 1
 
 
+async def test_an_answer_that_arrives_after_the_claim_was_taken_over_changes_nothing(tmp_path):
+    """A's refund is made but its answer is held until after its lease lapsed and B took the refund over
+    and recorded the same refund. A's answer finds another token: it is kept as a stale attempt, never
+    written over B's state."""
+    async with world_at(tmp_path) as world:
+        first, second = world.service(), world.service()
+        world.stripe.faults.append("hold")
+        slow = asyncio.create_task(first.create_refund(ACTOR, refund("stripe:ch_1", 3000)))
+        await world.stripe.arrived.wait()
+        [refund_id] = [held.refund_mcp_id for held in world.stripe.held]
+        world.clock.now += timedelta(seconds=first.settings.claim_seconds + 1)
+        assert await second.process_due() == 1
+        taken_over = await world.row(refund_id)
+        assert taken_over.status == "succeeded" and taken_over.claim_token == 2
+        world.stripe.held.pop().gate.set()
+        view = await slow
+        assert view.status == "succeeded"
+        row = await world.row(refund_id)
+        assert (row.claim_token, row.attempts, row.updated_at) == (2, taken_over.attempts, taken_over.updated_at)
+        assert (await world.actions(refund_id)).count("refund.stale_attempt") == 1
+        assert len(world.made(world.stripe, refund_id)) == 1
+
+
 async def test_a_webhook_does_not_end_another_attempts_claim(tmp_path):
     async with world_at(tmp_path) as world:
         service = world.service()
