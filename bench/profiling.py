@@ -101,9 +101,10 @@ CREATE_STEPS = {
     "Reserver.evaluate": "  of which: evaluate (transaction upsert, balance, 24-hour sums, policy)",
     "daily_total": "  of which: the 24-hour sums (per actor + global)",
     "daily_totals": "  of which: the 24-hour sums (per actor + global)",
+    "daily_window": "  of which: the 24-hour sums (per actor + global)",
     "PolicyEngine.evaluate": "  of which: PolicyEngine.evaluate",
     "Submitter.submit": "submit (sandbox call, record-answer transaction)",
-    "append": "audit.append (all calls, head read + insert + head update)",
+    "append": "audit.append (all calls: head move + insert; the head is read when another writer moved it)",
     "Database.write": "Database.write enter/exit (BEGIN IMMEDIATE, COMMIT, asyncio lock)",
 }
 

@@ -125,3 +125,41 @@ async def test_cli_verify_and_export(app_factory, tmp_path):
     broken = subprocess.run([sys.executable, "-m", "refund_mcp", "audit", "verify"], env=env, capture_output=True, text=True)
     assert broken.returncode == 1
     assert "record 2" in broken.stderr
+
+
+async def test_sqlite_appends_from_two_processes_and_after_a_rollback_keep_one_chain(tmp_path):
+    """Each engine remembers the head it last moved and moves it only if it is still exactly that: a head
+    another process moved, or one a rolled-back transaction left behind, is read again."""
+    from refund_mcp.audit.log import AuditEntry
+    from refund_mcp.store.database import Database
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chain.sqlite3'}"
+    first, second = Database(url), Database(url)
+    await first.migrate()
+
+    class Undo(Exception):
+        pass
+
+    try:
+        # After the rolled-back append, the other process appends at the very seq the first one remembers:
+        # only the hash tells the first one that the head is not its own.
+        for index, writer in enumerate((first, first, second, first, second, first)):
+            async with writer.write() as conn:
+                await audit.append(conn, AuditEntry(actor="a", action="test.append", outcome="ok", target=str(index)))
+            if index == 3:
+                with pytest.raises(Undo):
+                    async with first.write() as conn:
+                        await audit.append(conn, AuditEntry(actor="a", action="test.undone", outcome="ok"))
+                        raise Undo
+        async with first.write() as conn:  # two records in one transaction
+            await audit.append(conn, AuditEntry(actor="a", action="test.append", outcome="ok", target="6"))
+            await audit.append(conn, AuditEntry(actor="a", action="test.append", outcome="ok", target="7"))
+        result = await audit.verify(first.engine)
+        assert result.ok
+        async with first.read() as conn:
+            rows = (await conn.execute(select(tables.audit_log.c.seq, tables.audit_log.c.target).where(tables.audit_log.c.action.like("test.%")))).all()
+        assert [row.target for row in rows] == [str(index) for index in range(8)]
+        assert [row.seq for row in rows] == list(range(rows[0].seq, rows[0].seq + 8))
+    finally:
+        await first.dispose()
+        await second.dispose()

@@ -104,3 +104,36 @@ async def test_a_webhook_naming_only_the_payment_intent_counts_against_the_charg
         payment = (await s.client.call_tool("lookup_transaction", {"transaction_id": f"stripe:{INTENT}"})).structured_content
         assert payment["refundable_minor"] == 6000
         assert [r["processor_refund_id"] for r in payment["refunds"]] == ["re_made_in_dashboard"]
+
+
+async def _record_alias(app: Any, alias: str, canonical: str) -> None:
+    from datetime import UTC, datetime
+
+    from refund_mcp.store import tables
+
+    async with app.db.write() as conn:
+        await conn.execute(
+            tables.transaction_aliases.insert().values(
+                alias=alias, bare_id=alias.partition(":")[2], transaction_id=canonical, recorded_at=datetime.now(UTC)
+            )
+        )
+
+
+async def test_a_recorded_alias_wins_even_when_the_processor_answers_for_the_name_itself(app_factory):
+    """The alias check runs inside the write that records the answer; when the name turns out to be an
+    alias of another payment, that payment is asked about and recorded instead, as if resolved first."""
+    async with app_factory() as app:
+        await _record_alias(app, "sandbox:demo_usd_large", "sandbox:demo_usd_order")
+        await _record_alias(app, "sandbox:gone_name", "sandbox:demo_jpy_order")  # the processor does not know this name
+        from refund_mcp.service.refunds import RefundInput
+        from refund_mcp.store import queries
+
+        made = await app.service.create_refund("agent-1", RefundInput(transaction_id="sandbox:demo_usd_large", reason="service_issue", amount_minor=100))
+        assert made.transaction_id == "sandbox:demo_usd_order"
+        looked = await app.service.lookup_transaction("agent-1", "sandbox:demo_usd_large")
+        assert looked.transaction_id == "sandbox:demo_usd_order" and looked.refunded_minor + looked.reserved_minor == 100
+        checked = await app.service.check_refund_policy("agent-1", "sandbox:demo_usd_large", "service_issue", 100)
+        assert checked.transaction_id == "sandbox:demo_usd_order"
+        assert (await app.service.lookup_transaction("agent-1", "sandbox:gone_name")).transaction_id == "sandbox:demo_jpy_order"
+        async with app.db.read() as conn:
+            assert await queries.get_transaction(conn, "sandbox:demo_usd_large") is None  # nothing recorded under the alias

@@ -151,16 +151,23 @@ async def test_an_old_in_doubt_refund_on_a_processor_that_cannot_be_searched_wai
 # ------------------------------------------------------------------ an attempt that outlived its lease
 
 
+async def an_attempt_outliving_its_lease(world: World, fault: str) -> tuple[RefundService, RefundService, asyncio.Task[Any], str]:
+    """Replica A's attempt is held at Stripe (`fault`) until its lease has lapsed: (A, another replica B,
+    A's create_refund call, the refund's id)."""
+    first, second = world.service(), world.service()
+    world.stripe.faults.append(fault)
+    slow = asyncio.create_task(first.create_refund(ACTOR, refund("stripe:ch_1", 3000)))
+    await world.stripe.arrived.wait()
+    [refund_id] = [held.refund_mcp_id for held in world.stripe.held]
+    world.clock.now += timedelta(seconds=first.settings.claim_seconds + 1)
+    return first, second, slow, refund_id
+
+
 async def test_an_attempt_overtaken_after_its_lease_lapsed_changes_nothing(tmp_path):
     """A's call is slow and ends with a 429 (nothing done) after B took the refund over and B's answer was
     lost (the refund is at Stripe). A must not make the refund look unsent, so it stays uncancellable."""
     async with world_at(tmp_path) as world:
-        first, second = world.service(), world.service()
-        world.stripe.faults.append("held_429")
-        slow = asyncio.create_task(first.create_refund(ACTOR, refund("stripe:ch_1", 3000)))
-        await world.stripe.arrived.wait()
-        [refund_id] = [held.refund_mcp_id for held in world.stripe.held]
-        world.clock.now += timedelta(seconds=first.settings.claim_seconds + 1)
+        first, second, slow, refund_id = await an_attempt_outliving_its_lease(world, "held_429")
         world.stripe.faults.append("lost_answer")
         assert await second.process_due() == 1
         assert len(world.made(world.stripe, refund_id)) == 1
@@ -174,6 +181,24 @@ async def test_an_attempt_overtaken_after_its_lease_lapsed_changes_nothing(tmp_p
         world.clock.now += timedelta(minutes=10)
         await second.process_due()
         assert (await world.row(refund_id)).status == "succeeded"
+        assert len(world.made(world.stripe, refund_id)) == 1
+
+
+async def test_an_answer_that_arrives_after_the_claim_was_taken_over_changes_nothing(tmp_path):
+    """A's refund is made but its answer is held until after its lease lapsed and B took the refund over
+    and recorded the same refund. A's answer finds another token: it is kept as a stale attempt, never
+    written over B's state."""
+    async with world_at(tmp_path) as world:
+        _first, second, slow, refund_id = await an_attempt_outliving_its_lease(world, "hold")
+        assert await second.process_due() == 1
+        taken_over = await world.row(refund_id)
+        assert taken_over.status == "succeeded" and taken_over.claim_token == 2
+        world.stripe.held.pop().gate.set()
+        view = await slow
+        assert view.status == "succeeded"
+        row = await world.row(refund_id)
+        assert (row.claim_token, row.attempts, row.updated_at) == (2, taken_over.attempts, taken_over.updated_at)
+        assert (await world.actions(refund_id)).count("refund.stale_attempt") == 1
         assert len(world.made(world.stripe, refund_id)) == 1
 
 

@@ -165,6 +165,39 @@ async def test_taking_cap_usage_fills_a_cap_exactly_and_refuses_beyond(db: Datab
         assert await queries.daily_totals(conn, currency="USD", since=now - hours(24), actor="agent-1") == (1050, 1050)
 
 
+async def test_the_cap_take_reuses_an_earlier_read_only_where_nothing_can_have_changed_it(db: Database) -> None:
+    """The reservation passes the policy's window read to the take. Only SQLite reuses it (the transaction has
+    held the write lock since), and only for the same hour; otherwise the buckets are read again."""
+    now = BASE + timedelta(minutes=30)
+    everyone, mine = cap_usage.scopes("agent-1")
+    caps = {everyone: None, mine: 900}
+    async with db.write() as conn:
+        await add_payment(conn, "sandbox:p")
+        await insert_refund(conn, Refund("re_past", "sandbox:p", "succeeded", 600, created_at=now - hours(3)))
+    # As if read before re_past was counted.
+    blind = cap_usage.WindowRead(
+        scopes=(everyone, mine), currency="USD", start=cap_usage.hour_of(now - hours(24)), current=cap_usage.hour_of(now),
+        totals={}, this_hour={},
+    )
+
+    async def refused_with(seen: cap_usage.WindowRead) -> str | None:
+        """The take's answer; its transaction rolled back, as a refused reservation's is."""
+        with pytest.raises(Refused) as refusal:
+            async with db.write() as conn:
+                raise Refused(await cap_usage.take(conn, actor="agent-1", currency="USD", created_at=now, amount_minor=400, caps=caps, seen=seen))
+        return refusal.value.args[0]
+
+    assert await refused_with(replace(blind, start=blind.start - hours(1), current=blind.current - hours(1))) == mine
+    if db.dialect == "postgresql":  # read again under the scopes' locks, whatever was seen before
+        assert await refused_with(blind) == mine
+    async with db.write() as conn:
+        seen = await queries.daily_window(conn, currency="USD", at=now, actor="agent-1")
+        assert (seen.total(mine), seen.before_this_hour(mine)) == (600, 600)
+        assert await cap_usage.take(conn, actor="agent-1", currency="USD", created_at=now, amount_minor=300, caps=caps, seen=seen) is None
+    async with db.read() as conn:
+        assert await queries.daily_totals(conn, currency="USD", since=now - hours(24), actor="agent-1") == (900, 900)
+
+
 async def test_a_corrupted_total_is_found(db: Database) -> None:
     async with db.write() as conn:
         await add_payment(conn, "sandbox:p")

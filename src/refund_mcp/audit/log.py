@@ -1,8 +1,8 @@
 """Append-only audit log, written in the caller's transaction so it commits with the change it records.
 
 How a record joins the hash chain depends on the database:
-- SQLite has one writer at a time (`BEGIN IMMEDIATE`), so `append` extends the chain at once: read
-  the head, insert the record with seq+1 and its hash, move the head.
+- SQLite has one writer at a time (`BEGIN IMMEDIATE`), so `append` extends the chain at once: find
+  the head, move it to seq+1 and the record's hash, insert the record.
 - PostgreSQL: "sealed in sequence". `append` inserts the record into `audit_pending` (no seq, no
   hash), touching no row another writer needs: the chain never makes writers wait. A sealer
   (audit/sealing.py: right after such a write commits, every ~0.5 s from the worker, and before
@@ -26,8 +26,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Select, insert, literal, select, union_all, update
+from sqlalchemy import Engine, Select, bindparam, insert, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from refund_mcp.audit import sealing
@@ -95,28 +96,61 @@ async def append(conn: AsyncConnection, entry: AuditEntry) -> int | None:
     return await _append_to_chain(conn, entry, notification)
 
 
+@dataclass(frozen=True)
+class _Head:
+    seq: int
+    hash: str
+
+
+# The chain's head as this process last moved it, per engine: a guess that saves reading the head. Moving the
+# head is conditional on it still being exactly that (seq and hash), so a head another process moved, or one
+# a rolled-back transaction of ours left behind, is simply read again.
+_last_heads: WeakKeyDictionary[Engine, _Head] = WeakKeyDictionary()
+_H = tables.audit_head
+_READ_HEAD = select(_H.c.seq, _H.c.hash).where(_H.c.id == 1)
+_MOVE_HEAD = (
+    update(_H)
+    .where(_H.c.id == 1, _H.c.seq == bindparam("prev_seq"), _H.c.hash == bindparam("prev_hash"))
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT_RECORD = insert(tables.audit_log)
+_INSERT_NOTIFICATION = insert(tables.notifications)
+_INSERT_PENDING = insert(tables.audit_pending)
+
+
 async def _append_to_chain(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> int:
-    """SQLite: the caller's transaction began with BEGIN IMMEDIATE, so nobody can append between the
-    head read and the head update."""
-    head = (await conn.execute(select(tables.audit_head.c.seq, tables.audit_head.c.hash).where(tables.audit_head.c.id == 1))).one()
+    """SQLite: the caller's transaction began with BEGIN IMMEDIATE, so nobody can append between finding
+    the head and moving it. Two statements when the head is where this process left it (move it, insert the
+    record); otherwise the head is read first."""
+    body = _body(entry)
+    guess = _last_heads.get(conn.sync_engine)
+    if guess is None or (moved := await _move_head(conn, guess, body)) is None:
+        row = (await conn.execute(_READ_HEAD)).one()
+        moved = await _move_head(conn, _Head(int(row.seq), row.hash), body)
+        assert moved is not None, "the head read in this write transaction moved under it"
+    head, text, digest = moved
     seq = head.seq + 1
-    text = canonical_json({"seq": seq, **_body(entry)})
-    digest = record_hash(head.hash, text)
-    await conn.execute(insert(tables.audit_log).values(seq=seq, **_columns(entry), body=text, prev_hash=head.hash, hash=digest))
-    await conn.execute(update(tables.audit_head).where(tables.audit_head.c.id == 1).values(seq=seq, hash=digest))
+    await conn.execute(_INSERT_RECORD, {"seq": seq, **_columns(entry), "body": text, "prev_hash": head.hash, "hash": digest})
+    _last_heads[conn.sync_engine] = _Head(seq, digest)
     if notification is not None:
-        await conn.execute(insert(tables.notifications).values(**outbox_row(notification, seq=seq, at=entry.at)))
+        await conn.execute(_INSERT_NOTIFICATION, outbox_row(notification, seq=seq, at=entry.at))
     return seq
+
+
+async def _move_head(conn: AsyncConnection, head: _Head, body: dict[str, Any]) -> tuple[_Head, str, str] | None:
+    """Move the head past the record `body` if it is still `head`: (that head, the record's text, its hash), or None."""
+    seq = head.seq + 1
+    text = canonical_json({"seq": seq, **body})
+    digest = record_hash(head.hash, text)
+    params = {"prev_seq": head.seq, "prev_hash": head.hash, "new_seq": seq, "new_hash": digest}
+    return (head, text, digest) if (await conn.execute(_MOVE_HEAD, params)).rowcount == 1 else None
 
 
 async def _append_pending(conn: AsyncConnection, entry: AuditEntry, notification: PendingNotification | None) -> None:
     """PostgreSQL: one insert; the sealer runs once this transaction commits (Database.write)."""
     await conn.execute(
-        insert(tables.audit_pending).values(
-            **_columns(entry),
-            body=canonical_json(_body(entry)),
-            notification=notification.to_json() if notification is not None else None,
-        )
+        _INSERT_PENDING,
+        {**_columns(entry), "body": canonical_json(_body(entry)), "notification": notification.to_json() if notification is not None else None},
     )
     hooks = conn.info.get(AFTER_COMMIT)
     if hooks is not None:

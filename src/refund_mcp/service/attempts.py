@@ -190,7 +190,9 @@ async def _renew_key(ctx: AttemptContext, claim: Claim, why: str) -> Claim | Non
 
 async def record_answer(ctx: AttemptContext, claim: Claim, answer: ProcessorRefund, *, actor: str, action: str) -> views.RefundView:
     async with ctx.db.write() as conn:
-        return await ctx.recorder.apply_processor_state(conn, claim.row.id, answer, actor=actor, action=action, claim_token=claim.token)
+        return await ctx.recorder.apply_processor_state(
+            conn, claim.row.id, answer, actor=actor, action=action, claim_token=claim.token, status_seen=RefundStatus(claim.row.status)
+        )
 
 
 async def schedule_retry(

@@ -19,14 +19,19 @@ from refund_mcp.store import cap_usage, queries
 _SCOPE_WORDS = {"per_actor_daily": "per-actor", "global_daily": "global"}
 
 
-async def take(conn: AsyncConnection, decision: Decision, *, actor: str, currency: str, amount_minor: int, created_at: datetime) -> None:
-    """The reservation's last statement: raises PolicyDenied, naming the cap, if the refund no longer fits."""
+async def take(
+    conn: AsyncConnection, decision: Decision, *, actor: str, currency: str, amount_minor: int, created_at: datetime,
+    seen: cap_usage.WindowRead | None = None,
+) -> None:
+    """The reservation's last statement: raises PolicyDenied, naming the cap, if the refund no longer fits.
+
+    `seen`: the window the policy decided on, read earlier in this transaction (reused where safe)."""
     applied = decision.daily_caps()
     everyone, mine = cap_usage.scopes(actor)
     rules = {everyone: applied.get("global_daily"), mine: applied.get("per_actor_daily")}
     caps = {scope: rule.cap_minor if rule is not None else None for scope, rule in rules.items()}
     refused = await queries.take_cap_usage(
-        conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps
+        conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps, seen=seen
     )
     if refused is None:
         return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import TransactionInfo
@@ -29,9 +29,12 @@ def with_requested_name(info: TransactionInfo, requested_bare_id: str) -> Transa
     return dataclasses.replace(info, aliases=(*info.aliases, requested_bare_id))
 
 
+_CANONICAL_OF = select(A.c.transaction_id).where(A.c.alias == bindparam("alias"))  # built once: every call checks a name
+
+
 async def canonical_of(conn: AsyncConnection, processor: str, bare_id: str) -> str | None:
     """The canonical "processor:id" that this name is an alias of, or None when it is no known alias."""
-    row = (await conn.execute(select(A.c.transaction_id).where(A.c.alias == f"{processor}:{bare_id}"))).first()
+    row = (await conn.execute(_CANONICAL_OF, {"alias": f"{processor}:{bare_id}"})).first()
     return None if row is None else str(row.transaction_id)
 
 

@@ -28,7 +28,7 @@ from refund_mcp.service.confirmation import Prefetched, Preview
 from refund_mcp.service.gate import Gate
 from refund_mcp.service.recording import Recorder
 from refund_mcp.service.reserving import Evaluation, RefundInput, Reserver, policy_view, validate_input
-from refund_mcp.service.resolving import Resolver
+from refund_mcp.service.resolving import Fetched, Resolver
 from refund_mcp.service.rows import refund_row
 from refund_mcp.service.untrusted import untrusted_tree
 from refund_mcp.store import queries
@@ -65,15 +65,21 @@ class Reads:
         request = {"transaction_id": transaction_id, "processor": processor}
         await self.gate.guard_tool("lookup_transaction", actor, request)
         try:
-            ref = await self.resolver.resolve_transaction_id(transaction_id, processor)
-            info, note = await self.resolver.fetch_transaction(ref)
-            ref, info = self.resolver.as_named_by_processor(ref, info)
-            async with self.db.write() as conn:
-                await self.resolver.known_transaction(conn, ref, info)
-                await audit.append(conn, AuditEntry(actor=actor, action="transaction.lookup", target=ref.canonical, outcome="ok", request=request))
+            named, resolved = await self.resolver.route(transaction_id, processor)
+
+            async def record(fetched: Fetched) -> Fetched:
+                async with self.db.write() as conn:
+                    await self.resolver.confirm_name(conn, fetched.unchecked, fetched.ref)
+                    await self.resolver.known_transaction(conn, fetched.ref, fetched.info)
+                    await audit.append(
+                        conn, AuditEntry(actor=actor, action="transaction.lookup", target=fetched.ref.canonical, outcome="ok", request=request)
+                    )
+                return fetched
+
+            fetched = await self.resolver.on_canonical(await self.resolver.fetch_named(named, resolved=resolved), record)
             async with self.db.read() as conn:
-                txn = await self.resolver.recorded_transaction(conn, ref)
-                return await self._transaction_view(conn, txn, source="processor" if info else "records", message=note)
+                txn = await self.resolver.recorded_transaction(conn, fetched.ref)
+                return await self._transaction_view(conn, txn, source="processor" if fetched.info else "records", message=fetched.note)
         except RefundError as exc:
             await self.gate.audit_error(actor, "transaction.lookup", transaction_id[:200], exc, request)
             raise
@@ -93,14 +99,18 @@ class Reads:
         req = RefundInput(transaction_id=transaction_id, reason=reason, amount_minor=amount_minor, currency=currency)
         try:
             cur, _ = validate_input(req)
-            ref = await self.resolver.resolve_transaction_id(transaction_id)
-            info, _note = await self.resolver.fetch_transaction(ref)
-            ref, info = self.resolver.as_named_by_processor(ref, info)
-            if info is not None:
-                async with self.db.write() as conn:
-                    await self.resolver.record_transaction(conn, ref, info)
+            named, resolved = await self.resolver.route(transaction_id)
+
+            async def record(fetched: Fetched) -> Fetched:
+                if fetched.info is not None:  # without an answer, the name was resolved while fetching
+                    async with self.db.write() as conn:
+                        await self.resolver.confirm_name(conn, fetched.unchecked, fetched.ref)
+                        await self.resolver.record_transaction(conn, fetched.ref, fetched.info)
+                return fetched
+
+            fetched = await self.resolver.on_canonical(await self.resolver.fetch_named(named, resolved=resolved), record)
             async with self.db.read() as conn:
-                txn = await self.resolver.recorded_transaction(conn, ref)
+                txn = await self.resolver.recorded_transaction(conn, fetched.ref)
                 ev = await self.reserver.evaluate(conn, actor, "check_refund_policy", txn, req, cur)
             view = policy_view(ev, self.policy)
             async with self.db.write() as conn:

@@ -29,18 +29,38 @@ class Recorder:
 
     async def apply_processor_state(
         self, conn: AsyncConnection, refund_id: str, answer: ProcessorRefund, *, actor: str, action: str,
-        claim_token: int | None = None,
+        claim_token: int | None = None, status_seen: RefundStatus | None = None,
     ) -> views.RefundView:
         """Record what the processor says about one of our refunds, following the status rules.
 
         `claim_token` is given by an attempt (service/attempts.py): the write then happens only if the attempt
         still holds its claim, and ends it. Webhooks, status syncs and reconciliation are not attempts: they
-        apply the processor's truth at any time but never end another attempt's claim."""
-        now = self.now()
+        apply the processor's truth at any time but never end another attempt's claim.
+
+        `status_seen` (with `claim_token`): the status the attempt's claimed row had. The write is then tried
+        first as one conditional update on that status and token, without reading the row; only when it
+        changes nothing (the claim was lost, or the refund moved meanwhile) is the row read and the answer
+        recorded as below."""
+        if claim_token is not None and status_seen is not None:
+            done = await self._write(conn, refund_id, answer, actor=actor, action=action, current=status_seen, claim_token=claim_token)
+            if done is not None:
+                return done
         row = await queries.get_refund(conn, refund_id)
         if claim_token is not None and int(row.claim_token) != claim_token:
             return await stale_attempt(conn, refund_id, claim_token, answer_record(answer))
-        current = RefundStatus(row.status)
+        done = await self._write(conn, refund_id, answer, actor=actor, action=action, current=RefundStatus(row.status), claim_token=claim_token)
+        if done is None:  # unreachable: the refund was just read locked in this write; kept as the write's own guard
+            assert claim_token is not None  # only a claimed write is conditional
+            return await stale_attempt(conn, refund_id, claim_token, answer_record(answer))
+        return done
+
+    async def _write(
+        self, conn: AsyncConnection, refund_id: str, answer: ProcessorRefund, *, actor: str, action: str,
+        current: RefundStatus, claim_token: int | None,
+    ) -> views.RefundView | None:
+        """The answer applied to a refund in status `current`; with `claim_token`, only if the refund is still
+        in that status under that token (None: nothing was written)."""
+        now = self.now()
         values: dict[str, Any] = {
             "processor_refund_id": answer.processor_refund_id,
             "processor_status": answer.processor_status,
@@ -49,7 +69,7 @@ class Recorder:
         if claim_token is not None:
             values["claimed_until"] = None
             if current is RefundStatus.QUEUED:
-                values["attempts"] = row.attempts + 1
+                values["attempts"] = queries.R.c.attempts + 1
         if answer.request_id:
             values["processor_request_id"] = answer.request_id
         changed = may_transition(current, answer.status)
@@ -62,9 +82,9 @@ class Recorder:
         elif current is RefundStatus.QUEUED and claim_token is not None:
             values["next_attempt_at"] = None
         if claim_token is not None:
-            updated = await queries.update_claimed(conn, refund_id, claim_token, queued_only=False, **values)
-            if updated is None:  # unreachable: the refund was read locked above; kept as the write's own guard
-                return await stale_attempt(conn, refund_id, claim_token, answer_record(answer))
+            updated = await queries.update_claimed_in(conn, refund_id, claim_token, current.value, **values)
+            if updated is None:
+                return None
         else:
             updated = await queries.update_refund_returning(conn, refund_id, **values)
         await audit.append(

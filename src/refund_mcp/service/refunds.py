@@ -1,7 +1,8 @@
 """The refund service, transport-free: a façade over collaborators with one job each.
 
-create_refund: validate -> resolve the transaction (service/resolving.py) -> reserve it in one
-serialized write transaction (service/reserving.py: the payment's row, idempotency and duplicates,
+create_refund: validate -> route the transaction id to its account and ask the processor about it
+(service/resolving.py) -> reserve it in one serialized write transaction (service/reserving.py: the
+name checked against our aliases, the payment's row, idempotency and duplicates,
 balance and currency, policy, `queued` or `pending_approval`, audit) -> submit to the processor
 outside any transaction (service/submitting.py, one attempt by service/attempts.py) -> record the
 answer (service/recording.py) -> the view. A processor that cannot be reached leaves the refund
@@ -34,8 +35,8 @@ from refund_mcp.service.gate import Gate
 from refund_mcp.service.operators import OperatorActions
 from refund_mcp.service.reading import Reads
 from refund_mcp.service.recording import Recorder
-from refund_mcp.service.reserving import Confirmation, RefundInput, Reserver, request_record, validate_input
-from refund_mcp.service.resolving import Resolver, TransactionRef
+from refund_mcp.service.reserving import Confirmation, RefundInput, Reservation, Reserver, request_record, validate_input
+from refund_mcp.service.resolving import Fetched, Resolver, TransactionRef
 from refund_mcp.service.submitting import Submitter
 from refund_mcp.settings import Settings
 from refund_mcp.store.database import Database
@@ -101,10 +102,15 @@ class RefundService:
         await self.gate.guard_tool("create_refund", actor, request)
         try:
             currency, _reason = validate_input(req)
-            ref = await self.resolver.resolve_transaction_id(req.transaction_id, req.processor)
-            info, _note = await self.resolver.fetch_transaction_once(ref, prefetched)
-            ref, info = self.resolver.as_named_by_processor(ref, info)
-            reservation = await self.reserver.reserve(actor, req, ref, info, currency, confirmation, request, confirmed)
+            ref, resolved = await self.resolver.route(req.transaction_id, req.processor)
+            fetched = await self.resolver.fetch_named(ref, resolved=resolved, prefetched=prefetched)
+
+            async def reserve(fetched: Fetched) -> Reservation:
+                return await self.reserver.reserve(
+                    actor, req, fetched.ref, fetched.info, currency, confirmation, request, confirmed, unchecked=fetched.unchecked
+                )
+
+            reservation = await self.resolver.on_canonical(fetched, reserve)
         except RefundError as exc:
             if not getattr(exc, "_audited", False):
                 await self.gate.audit_error(actor, "refund.create", req.transaction_id[:200], exc, request)

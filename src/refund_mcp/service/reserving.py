@@ -1,6 +1,8 @@
 """Reserving a refund: one serialized write that decides whether money may move, and holds it if so.
 
-In order, in one transaction: the payment's row (refreshed from the processor's answer, then locked),
+In order, in one transaction: the name the payment was asked about checked against our aliases (a name
+that turns out to be another payment's alias rolls back and starts again from that payment,
+Resolver.on_canonical); the payment's row (refreshed from the processor's answer, then locked),
 so that two identical requests for one payment queue behind each other and the second sees what the
 first committed; the idempotency key or the duplicate window; balance and currency; policy; the
 human's confirmed terms; then the refund is inserted (`queued`, claimed by this call, or
@@ -47,7 +49,7 @@ from refund_mcp.service.metadata import encode as encode_metadata
 from refund_mcp.service.metadata import validate_metadata
 from refund_mcp.service.resolving import Resolver, TransactionRef
 from refund_mcp.settings import Settings
-from refund_mcp.store import queries
+from refund_mcp.store import cap_usage, queries
 from refund_mcp.store.database import Database
 
 
@@ -81,6 +83,7 @@ class Evaluation:
     balance: queries.Balance
     decision: Decision | None  # None when a balance/currency error came first
     error: RefundError | None
+    window: cap_usage.WindowRead | None = None  # the daily caps' buckets the decision read
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,9 @@ class Reserver:
         if error is not None:
             return Evaluation(txn, amount, bal, None, error)
         now = self.now()
-        actor_daily, global_daily = await queries.daily_totals(conn, currency=txn.currency, since=now - timedelta(hours=24), actor=actor)
+        window = await queries.daily_window(conn, currency=txn.currency, at=now, actor=actor)
+        everyone, mine = cap_usage.scopes(actor)
+        actor_daily, global_daily = window.total(mine), window.total(everyone)
         decision = self.policy.engine().evaluate(
             PolicyRequest(
                 tool=tool,
@@ -194,7 +199,7 @@ class Reserver:
                 now=now,
             )
         )
-        return Evaluation(txn, amount, bal, decision, None)
+        return Evaluation(txn, amount, bal, decision, None, window)
 
     @traced_async("refund.reserve", lambda reserved: {"refund_mcp.refund_id": reserved.view.refund_id, "refund_mcp.refund_status": str(reserved.view.status)})
     async def reserve(
@@ -207,15 +212,18 @@ class Reserver:
         confirmation: Confirmation,
         request: dict[str, Any],
         confirmed: ConfirmedTerms | None = None,
+        *,
+        unchecked: TransactionRef | None = None,
     ) -> Reservation:
-        """The one serialized write: the refund, and whether to submit it now.
+        """The one serialized write: the refund, and whether to submit it now. `unchecked`: the name the
+        processor was asked about, when it is still to be checked against our aliases (Resolver.confirm_name).
 
         The same idempotency key committed meanwhile for another payment (which this payment's row lock does
         not serialize with) fails the key's insert: the whole reservation is taken once more, and then sees
         that key, so the caller gets the original refund or [idempotency_conflict], never an internal error."""
         for last in (False, True):
             try:
-                return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed)
+                return await self._reserve_once(actor, req, ref, info, currency, confirmation, request, confirmed, unchecked)
             except IntegrityError:
                 if last or req.idempotency_key is None:
                     raise
@@ -223,7 +231,7 @@ class Reserver:
 
     async def _reserve_once(
         self, actor: str, req: RefundInput, ref: TransactionRef, info: TransactionInfo | None, currency: str | None,
-        confirmation: Confirmation, request: dict[str, Any], confirmed: ConfirmedTerms | None,
+        confirmation: Confirmation, request: dict[str, Any], confirmed: ConfirmedTerms | None, unchecked: TransactionRef | None,
     ) -> Reservation:
         now = self.now()
         engine = self.policy.engine()
@@ -232,6 +240,7 @@ class Reserver:
         # Metadata joins the hash only when given, so keys stored before it existed still replay.
         request_hash = _sha(ref.canonical, req.amount_minor, currency, req.reason, req.customer_ref, *([caller_metadata] if caller_metadata else []))
         async with self.db.write() as conn:
+            await self.resolver.confirm_name(conn, unchecked, ref)
             # The payment's row first: identical requests serialize on it, so the key and duplicate checks
             # below see a refund the other one committed.
             txn = await self.resolver.known_transaction(conn, ref, info, lock=True)
@@ -341,7 +350,8 @@ class Reserver:
                     submit = True
                     message = "Accepted and reserved; submitting to the processor."
                 action = "refund.reserved"
-            await queries.insert_refund(conn, **values)
+            # Claimed by this call and committed: the submitter uses this row without reading it again.
+            row = await queries.insert_refund(conn, **values)
             if req.idempotency_key is not None:
                 await queries.insert_idempotency(conn, actor, req.idempotency_key, request_hash, refund_id, now)
             await audit.append(
@@ -356,10 +366,10 @@ class Reserver:
                     detail={"transaction_id": ev.txn.id, "amount_minor": ev.amount_minor, "currency": ev.txn.currency},
                 ),
             )
-            # Claimed by this call and committed: the submitter can use this row without reading it again.
-            row = await queries.get_refund(conn, refund_id)
             # Last, so the daily caps' counters are locked only until the commit that follows.
-            await daily_caps.take(conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now)
+            await daily_caps.take(
+                conn, decision, actor=actor, currency=ev.txn.currency, amount_minor=ev.amount_minor, created_at=now, seen=ev.window
+            )
         view = rendering.refund_view(row)
         view.message = message
         return Reservation(view, row, submit)

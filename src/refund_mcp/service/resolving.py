@@ -7,10 +7,10 @@ circuit-breaker fallback to our records.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +29,8 @@ STRIPE_PREFIXES = ("ch_", "pi_", "py_")
 # Names that are a processor even when not configured here, so "paypal:ID" is an error rather than a bare id.
 KNOWN_PROCESSOR_NAMES = ("stripe", "paypal", "adyen", "square", "sandbox", "ucs")
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class TransactionRef:
@@ -38,6 +40,31 @@ class TransactionRef:
     @property
     def canonical(self) -> str:
         return f"{self.processor}:{self.bare_id}"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the processor said about a payment, and under which name to record it."""
+
+    ref: TransactionRef  # as the processor names the payment (else as resolved through our records)
+    info: TransactionInfo | None  # None: the processor could not answer
+    note: str | None
+    # The name asked about, not yet resolved through our aliases (`confirm_name`); only ever with an answer:
+    # without one the name is resolved before our records are read.
+    unchecked: TransactionRef | None
+
+
+class NamedByAlias(Exception):
+    """The name asked about is a recorded alias of another payment than the processor's answer names."""
+
+    def __init__(self, canonical: TransactionRef) -> None:
+        super().__init__(canonical.canonical)
+        self.canonical = canonical
+
+
+async def _canonical_in(conn: AsyncConnection, ref: TransactionRef) -> TransactionRef:
+    canonical = await identity.canonical_of(conn, ref.processor, ref.bare_id)
+    return ref if canonical is None else TransactionRef(ref.processor, canonical.partition(":")[2])
 
 
 class Resolver:
@@ -51,7 +78,14 @@ class Resolver:
 
     async def resolve_transaction_id(self, transaction_id: str, processor: str | None = None) -> TransactionRef:
         """Apply the contract's id rules, find the one account a payment belongs to, then resolve the name
-        to the payment's canonical id there (service/identity.py).
+        to the payment's canonical id there (service/identity.py)."""
+        ref, canonical = await self.route(transaction_id, processor)
+        return ref if canonical else await self._canonical_ref(ref)
+
+    async def route(self, transaction_id: str, processor: str | None = None) -> tuple[TransactionRef, bool]:
+        """Apply the contract's id rules and find the one account a payment belongs to: (the name there,
+        whether it is already the payment's canonical id, found through our records). A name given with
+        its account is not yet resolved through the aliases (`resolve_transaction_id` does that).
 
         `processor` (and a `prefix:` on the id) may name an account (`stripe@eu`, `checkout`) or a
         processor (`stripe`). A processor with several accounts is resolved through our records; when
@@ -77,11 +111,11 @@ class Resolver:
             if not rest:
                 raise ValidationFailed("transaction_id has no id after the processor name", fields=["transaction_id"])
             candidates = [name for name in self.candidates(prefix) if processor is None or name in self.candidates(processor)]
-            return await self._canonical_ref(await self._one_account(candidates, rest))
+            return await self._one_account(candidates, rest), False
         if processor is not None:
-            return await self._canonical_ref(await self._one_account(self.candidates(processor), raw))
+            return await self._one_account(self.candidates(processor), raw), False
         if raw.startswith(STRIPE_PREFIXES) and self.processors.accounts_of("stripe"):
-            return await self._canonical_ref(await self._one_account(self.processors.accounts_of("stripe"), raw))
+            return await self._one_account(self.processors.accounts_of("stripe"), raw), False
         async with self.db.read() as conn:
             known = [row.id for row in await queries.find_transactions_by_bare_id(conn, raw) if row.processor in configured]
             known += [
@@ -90,7 +124,7 @@ class Resolver:
             ]
         if len(known) == 1:
             account, _, canonical_bare = known[0].partition(":")
-            return TransactionRef(account, canonical_bare)
+            return TransactionRef(account, canonical_bare), True
         if len(known) > 1:
             raise self._ambiguous([canonical.partition(":")[0] for canonical in known], raw)
         raise ValidationFailed(
@@ -130,8 +164,18 @@ class Resolver:
     async def _canonical_ref(self, ref: TransactionRef) -> TransactionRef:
         """The payment's canonical id when this name is a recorded alias of it; else the name as given."""
         async with self.db.read() as conn:
-            canonical = await identity.canonical_of(conn, ref.processor, ref.bare_id)
-        return ref if canonical is None else TransactionRef(ref.processor, canonical.partition(":")[2])
+            return await _canonical_in(conn, ref)
+
+    @staticmethod
+    async def confirm_name(conn: AsyncConnection, unchecked: TransactionRef | None, ref: TransactionRef) -> None:
+        """The alias check a `fetch_named` answer (`Fetched.unchecked`) left to the write that records it: its
+        first statement, before the payment's row `ref` is written or locked. A name that is a recorded alias
+        of another payment than `ref` raises NamedByAlias (roll back, then `on_canonical` starts again)."""
+        if unchecked is None:
+            return
+        canonical = await _canonical_in(conn, unchecked)
+        if canonical != unchecked and canonical != ref:
+            raise NamedByAlias(canonical)
 
     @staticmethod
     def as_named_by_processor(ref: TransactionRef, info: TransactionInfo | None) -> tuple[TransactionRef, TransactionInfo | None]:
@@ -147,33 +191,70 @@ class Resolver:
         return processor
 
     async def fetch_transaction(self, ref: TransactionRef) -> tuple[TransactionInfo | None, str | None]:
-        """Ask the processor; fall back to our record when it cannot answer. Returns (fresh info, note).
+        """Ask the processor about a resolved name; fall back to our record when it cannot answer. Returns
+        (fresh info, note).
 
         Raises:
             ProcessorUnavailable: the processor cannot answer and we have no record of the payment:
                 that is an outage, never a payment that does not exist.
         """
+        fetched = await self._ask(ref, resolved=True)
+        return fetched.info, fetched.note
+
+    async def fetch_named(self, ref: TransactionRef, *, resolved: bool = False, prefetched: Prefetched | None = None) -> Fetched:
+        """The processor's answer about a payment by the name `route` gave, without first resolving that name
+        through our aliases in a transaction of its own. When the processor answers, the check is left to
+        the write that records the answer (`confirm_name`); when it does not, the name is resolved here,
+        before our records stand in for the answer. The ref comes back as the processor names the payment."""
+        # A confirmation preview of this same call looked the payment up moments ago: reuse that answer
+        # instead of asking the processor twice for one tool call.
+        if prefetched is not None and prefetched.usable_for(ref.canonical):
+            if prefetched.info is None:  # our records stand in: resolve the name before they are read
+                return Fetched(ref if resolved else await self._canonical_ref(ref), None, prefetched.note, None)
+            named, info = self.as_named_by_processor(ref, prefetched.info)
+            return Fetched(named, info, prefetched.note, None if resolved else ref)
+        return await self._ask(ref, resolved=resolved)
+
+    async def on_canonical(self, fetched: Fetched, write: Callable[[Fetched], Awaitable[T]]) -> T:
+        """Run `write` (which calls `confirm_name` first); when the name asked about turned out to be an
+        alias of another payment, ask the processor about that payment and run it again, as if the name had
+        been resolved before asking."""
+        try:
+            return await write(fetched)
+        except NamedByAlias as alias:
+            return await write(await self._ask(alias.canonical, resolved=True))
+
+    async def _ask(self, ref: TransactionRef, *, resolved: bool) -> Fetched:
         processor = self.processor(ref.processor)
         if self.breaker.is_open(ref.processor):
-            await self._require_record(ref, "is unavailable right now (too many recent failures)")
-            return None, f"{ref.processor} is unavailable right now; showing refund-mcp's records"
+            ref = await self._require_record(ref, "is unavailable right now (too many recent failures)", resolve=not resolved)
+            return Fetched(ref, None, f"{ref.processor} is unavailable right now; showing refund-mcp's records", None)
         try:
             info = await processor.lookup_transaction(ref.bare_id)
             info = replace(info, processor=ref.processor)  # recorded under the account, e.g. stripe@eu
         except ProcessorCallError as exc:
             if exc.retryable:
                 self.breaker.record_failure(ref.processor)
-                await self._require_record(ref, f"could not be reached ({exc.code})")
-                return None, f"{ref.processor} could not be reached ({exc.code}); showing refund-mcp's records"
+                ref = await self._require_record(ref, f"could not be reached ({exc.code})", resolve=not resolved)
+                return Fetched(ref, None, f"{ref.processor} could not be reached ({exc.code}); showing refund-mcp's records", None)
             raise
         except (TransactionNotFound, NotSupported):
             # Adyen cannot be queried: a transaction it told us about by webhook is still known.
-            return None, None
+            if not resolved:
+                canonical = await self._canonical_ref(ref)
+                if canonical != ref:  # an alias: ask about the payment's own id, as a resolved name would have
+                    return await self._ask(canonical, resolved=True)
+            return Fetched(ref, None, None, None)
         self.breaker.record_success(ref.processor)
-        return info, None
+        named, info = self.as_named_by_processor(ref, info)
+        return Fetched(named, info, None, None if resolved else ref)
 
-    async def _require_record(self, ref: TransactionRef, what: str) -> None:
+    async def _require_record(self, ref: TransactionRef, what: str, *, resolve: bool = False) -> TransactionRef:
+        """The name our records know the payment by (`resolve`: through the aliases first); an outage error
+        when they do not know it."""
         async with self.db.read() as conn:
+            if resolve:
+                ref = await _canonical_in(conn, ref)
             known = await queries.get_transaction(conn, ref.canonical)
         if known is None:
             raise ProcessorUnavailable(
@@ -181,19 +262,18 @@ class Resolver:
                 "checked now. This says nothing about whether the payment exists; try again later.",
                 processor=ref.processor,
             )
+        return ref
 
-    async def fetch_transaction_once(self, ref: TransactionRef, prefetched: Prefetched | None) -> tuple[TransactionInfo | None, str | None]:
-        # A confirmation preview of this same call looked the payment up moments ago: reuse that answer
-        # instead of asking the processor twice for one tool call.
-        if prefetched is not None and prefetched.usable_for(ref.canonical):
-            return prefetched.info, prefetched.note
-        return await self.fetch_transaction(ref)
+    async def record_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> Row[Any] | None:
+        """Write what the processor just said about the payment, and the other names it gave (a write).
 
-    async def record_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None) -> None:
-        """Write what the processor just said about the payment, and the other names it gave (a write)."""
-        if info is not None:
-            await queries.upsert_transaction(conn, ref.canonical, info, self.now())
-            await identity.record_aliases(conn, ref.processor, info, self.now())
+        Returns the payment's row as written (locked on PostgreSQL until commit), or None when there was
+        no answer to write."""
+        if info is None:
+            return None
+        txn = await queries.upsert_transaction(conn, ref.canonical, info, self.now())
+        await identity.record_aliases(conn, ref.processor, info, self.now())
+        return txn
 
     async def recorded_transaction(self, conn: AsyncConnection, ref: TransactionRef, *, lock: bool = False) -> Row[Any]:
         txn = await queries.get_transaction(conn, ref.canonical, lock=lock)
@@ -207,6 +287,11 @@ class Resolver:
         return txn
 
     async def known_transaction(self, conn: AsyncConnection, ref: TransactionRef, info: TransactionInfo | None, *, lock: bool = False) -> Row[Any]:
-        """The payment's row after recording the processor's answer (`lock`: and locked for this transaction)."""
-        await self.record_transaction(conn, ref, info)
+        """The payment's row after recording the processor's answer (`lock`: and locked for this transaction).
+
+        With an answer, the upsert's own result is the row, and on PostgreSQL its lock the payment's lock;
+        without one, our record is read (and locked when asked)."""
+        recorded = await self.record_transaction(conn, ref, info)
+        if recorded is not None:
+            return recorded
         return await self.recorded_transaction(conn, ref, lock=lock)

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import BigInteger, bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.store import tables, upsert
@@ -61,6 +62,72 @@ async def _lock_scopes(conn: AsyncConnection, currency: str, ordered: list[str])
     await conn.execute(select(*locks))  # evaluated left to right: always "*" before an actor
 
 
+@dataclass(frozen=True)
+class WindowRead:
+    """One read of both scopes' buckets in a window: per scope, the window's total and the current hour's bucket."""
+
+    scopes: tuple[str, str]  # (everyone's, the actor's)
+    currency: str
+    start: datetime  # the window's first bucket
+    current: datetime  # the current hour's bucket (the last of the window)
+    totals: Mapping[str, int]
+    this_hour: Mapping[str, int]
+
+    def total(self, scope: str) -> int:
+        return self.totals.get(scope, 0)
+
+    def before_this_hour(self, scope: str) -> int:
+        return self.total(scope) - self.this_hour.get(scope, 0)
+
+
+# Built once with bound parameters: the same compiled statement serves every read of the window.
+_WINDOW = (
+    select(
+        C.c.scope,
+        func.coalesce(func.sum(C.c.amount_minor), 0),
+        func.coalesce(func.sum(case((C.c.hour_start == bindparam("current"), C.c.amount_minor), else_=0)), 0),
+    )
+    .where(C.c.scope.in_(bindparam("scopes", expanding=True)), C.c.currency == bindparam("currency"), C.c.hour_start >= bindparam("start"))
+    .group_by(C.c.scope)
+)
+
+
+async def read_window(conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, window: timedelta = DAY) -> WindowRead:
+    """Both scopes' buckets for a refund created at `created_at`: the window's hours up to and including its own."""
+    return await _read(conn, scopes(actor), currency, start=hour_of(created_at - window), current=hour_of(created_at))
+
+
+async def _read(conn: AsyncConnection, ordered: tuple[str, str], currency: str, *, start: datetime, current: datetime) -> WindowRead:
+    params = {"scopes": list(ordered), "currency": currency, "start": start, "current": current}
+    rows = (await conn.execute(_WINDOW, params)).all()
+    return WindowRead(
+        scopes=ordered,
+        currency=currency,
+        start=start,
+        current=current,
+        totals={scope: int(total) for scope, total, _ in rows},
+        this_hour={scope: int(this_hour) for scope, _, this_hour in rows},
+    )
+
+
+def _upsert_statements(dialect: str) -> tuple[Any, Any]:
+    """(without a cap, with one): add to the current hour's bucket; with a cap only while it still fits."""
+    statement = upsert.insert_for(dialect, C).values(
+        scope=bindparam("scope"), currency=bindparam("currency"),
+        hour_start=bindparam("hour_start", type_=C.c.hour_start.type), amount_minor=bindparam("amount_minor", type_=C.c.amount_minor.type),
+    )
+    added = C.c.amount_minor + statement.excluded.amount_minor
+    index = [C.c.scope, C.c.currency, C.c.hour_start]
+    uncapped = statement.on_conflict_do_update(index_elements=index, set_={"amount_minor": added})
+    # Checked on the row's latest version, locked; `past` is the rest of the window, read under the scope's lock.
+    fits = added + bindparam("past", type_=BigInteger) <= bindparam("cap", type_=BigInteger)
+    capped = statement.on_conflict_do_update(index_elements=index, set_={"amount_minor": added}, where=fits)
+    return uncapped.returning(C.c.amount_minor), capped.returning(C.c.amount_minor)
+
+
+_UPSERT = {dialect: _upsert_statements(dialect) for dialect in upsert.DIALECTS}
+
+
 async def take(
     conn: AsyncConnection,
     *,
@@ -70,36 +137,42 @@ async def take(
     amount_minor: int,
     caps: Mapping[str, int | None],
     window: timedelta = DAY,
+    seen: WindowRead | None = None,
 ) -> str | None:
     """Add a new agent refund to its hour's buckets, both scopes, if it fits under `caps` ({scope: cap or
     None}, a missing scope has no cap). Returns None when added, else the first scope whose cap it would
-    exceed (nothing is added then; the caller must roll its transaction back)."""
-    ordered = list(scopes(actor))
+    exceed (nothing is added then; the caller must roll its transaction back).
+
+    `seen`: the same window as read earlier in this transaction (the policy's daily totals). On SQLite the
+    transaction has held the database's write lock since then (BEGIN IMMEDIATE), so those numbers are still
+    the buckets' and are used instead of reading them again; on PostgreSQL they are read again here, under
+    the scopes' locks, which is what makes the check race-free. Nothing is read when no cap applies."""
+    ordered = scopes(actor)
     current = hour_of(created_at)
-    await _lock_scopes(conn, currency, ordered)
-    rows = await conn.execute(
-        select(
-            C.c.scope,
-            func.coalesce(func.sum(C.c.amount_minor), 0),
-            func.coalesce(func.sum(case((C.c.hour_start == current, C.c.amount_minor), else_=0)), 0),
+    start = hour_of(created_at - window)
+    await _lock_scopes(conn, currency, list(ordered))
+    read: WindowRead | None = None
+    if any(caps.get(scope) is not None for scope in ordered):
+        unchanged_since_seen = (
+            seen is not None and conn.dialect.name == "sqlite"
+            and (seen.scopes, seen.currency, seen.start, seen.current) == (ordered, currency, start, current)
         )
-        .where(C.c.scope.in_(ordered), C.c.currency == currency, C.c.hour_start >= hour_of(created_at - window))
-        .group_by(C.c.scope)
-    )
-    # Per scope: every bucket of the window but the current hour's (read under the scope's lock).
-    others = {scope: int(total) - int(this_hour) for scope, total, this_hour in rows.all()}
+        read = seen if unchanged_since_seen else await _read(conn, ordered, currency, start=start, current=current)
+    uncapped, capped = _UPSERT[conn.dialect.name]
     for scope in ordered:
         cap = caps.get(scope)
-        past = others.get(scope, 0)
-        statement = upsert.insert(conn, C).values(scope=scope, currency=currency, hour_start=current, amount_minor=amount_minor)
-        added = C.c.amount_minor + statement.excluded.amount_minor
-        conflict: dict[str, Any] = {"index_elements": [C.c.scope, C.c.currency, C.c.hour_start], "set_": {"amount_minor": added}}
-        if cap is not None:
+        params: dict[str, Any] = {"scope": scope, "currency": currency, "hour_start": current, "amount_minor": amount_minor}
+        if cap is None:
+            statement = uncapped
+        else:
+            assert read is not None
+            # Every bucket of the window but the current hour's.
+            past = read.before_this_hour(scope)
             if past + amount_minor > cap:  # the INSERT path (no row for this hour yet) does not check
                 return scope
-            conflict["where"] = added + past <= cap  # checked on the row's latest version, locked
-        statement = statement.on_conflict_do_update(**conflict)
-        if (await conn.execute(statement.returning(C.c.amount_minor))).first() is None:
+            statement = capped
+            params |= {"past": past, "cap": cap}
+        if (await conn.execute(statement, params)).first() is None:
             return scope
     return None
 
@@ -107,10 +180,5 @@ async def take(
 async def window_sums(conn: AsyncConnection, *, currency: str, since: datetime, actor: str) -> tuple[int, int]:
     """(the actor's, everyone's) counted amount in `currency` since the start of `since`'s hour."""
     everyone, mine = scopes(actor)
-    query = (
-        select(C.c.scope, func.coalesce(func.sum(C.c.amount_minor), 0))
-        .where(C.c.scope.in_([everyone, mine]), C.c.currency == currency, C.c.hour_start >= hour_of(since))
-        .group_by(C.c.scope)
-    )
-    totals = {scope: int(total) for scope, total in (await conn.execute(query)).all()}
-    return totals.get(mine, 0), totals.get(everyone, 0)
+    read = await _read(conn, (everyone, mine), currency, start=hour_of(since), current=hour_of(since + DAY))
+    return read.total(mine), read.total(everyone)

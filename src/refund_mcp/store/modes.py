@@ -34,7 +34,10 @@ def locked_when_writing(conn: AsyncConnection, query: S, *, lock: bool | None = 
 
     `lock=False` leaves a read that only looks (and must not wait, or must not take a lock out of order)
     unlocked; `lock=True` asks for the lock whatever the transaction (never inside `read()`, which refuses it)."""
+    return query.with_for_update() if wants_lock(conn, lock) else query
+
+
+def wants_lock(conn: AsyncConnection, lock: bool | None = None) -> bool:
+    """Whether `locked_when_writing` would lock: for a query built once in both forms (plain and FOR UPDATE)."""
     wanted = is_writing(conn) if lock is None else lock
-    if wanted and conn.dialect.name == "postgresql":
-        return query.with_for_update()
-    return query
+    return wanted and conn.dialect.name == "postgresql"

@@ -1,4 +1,7 @@
-"""Queries over transactions and refunds. Functions take the caller's connection (its transaction)."""
+"""Queries over transactions and refunds. Functions take the caller's connection (its transaction).
+
+The statements of the hot paths are built once, at import, with bound parameters (`_UPPER_CASE` names):
+SQLAlchemy then finds their compiled form in its cache without building and hashing a new construct per call."""
 
 from __future__ import annotations
 
@@ -6,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, true, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, literal, or_, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.domain.models import RESERVING_STATUSES, RefundStatus, TransactionInfo
 from refund_mcp.store import cap_usage, tables, upsert
-from refund_mcp.store.modes import locked_when_writing
+from refund_mcp.store.modes import locked_when_writing, wants_lock
 
 R = tables.refunds
 T = tables.transactions
@@ -20,13 +23,35 @@ _RESERVING = [status.value for status in RESERVING_STATUSES]
 _AT_PROCESSOR = [RefundStatus.PENDING.value, RefundStatus.REQUIRES_ACTION.value]
 
 
-async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> None:
-    values = _transaction_values(info, now)
-    # One statement, so two writers recording a new payment at once cannot both insert it (no global writer
-    # lock orders them). It locks the row, and sets only what the processor says: never first_seen_at, and
-    # never the running totals (reserved_minor, ...), which only the triggers on refunds write.
-    statement = upsert.insert(conn, T).values(id=canonical_id, first_seen_at=now, **values)
-    await conn.execute(statement.on_conflict_do_update(index_elements=[T.c.id], set_=values))
+_TRANSACTION_FIELDS = (
+    "processor", "processor_transaction_id", "amount_minor", "currency", "captured_minor", "processor_refunded_minor",
+    "status", "refundable", "customer_ref", "description", "created_at", "updated_at",
+)
+
+
+def _upsert_transaction_statement(dialect: str) -> Any:
+    """Record the processor's answer about a payment and return the row, in one statement.
+
+    One statement, so two writers recording a new payment at once cannot both insert it (no global writer
+    lock orders them). On PostgreSQL INSERT ... ON CONFLICT DO UPDATE locks the row until commit: it is the
+    payment's lock. It sets only what the processor says: never first_seen_at, and never the running totals
+    (reserved_minor, ...), which only the triggers on refunds write. Built once per dialect, with bound
+    parameters, so every call reuses the compiled statement."""
+    columns = ("id", "first_seen_at", *_TRANSACTION_FIELDS)
+    statement = upsert.insert_for(dialect, T).values({name: bindparam(name, type_=T.c[name].type) for name in columns})
+    excluded = {name: statement.excluded[name] for name in _TRANSACTION_FIELDS}
+    return statement.on_conflict_do_update(index_elements=[T.c.id], set_=excluded).returning(*T.c)
+
+
+_UPSERT_TRANSACTION = {dialect: _upsert_transaction_statement(dialect) for dialect in upsert.DIALECTS}
+_GET_TRANSACTION = select(T).where(T.c.id == bindparam("id"))
+_GET_TRANSACTION_LOCKED = _GET_TRANSACTION.with_for_update()
+
+
+async def upsert_transaction(conn: AsyncConnection, canonical_id: str, info: TransactionInfo, now: datetime) -> Row[Any]:
+    """Write what the processor says about the payment; the row as it now is (locked on PostgreSQL)."""
+    params = {"id": canonical_id, "first_seen_at": now, **_transaction_values(info, now)}
+    return (await conn.execute(_UPSERT_TRANSACTION[conn.dialect.name], params)).one()
 
 
 def _transaction_values(info: TransactionInfo, now: datetime) -> dict[str, Any]:
@@ -60,7 +85,8 @@ async def insert_transaction_if_absent(conn: AsyncConnection, canonical_id: str,
 
 async def get_transaction(conn: AsyncConnection, canonical_id: str, *, lock: bool | None = None) -> Row[Any] | None:
     """The payment; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py)."""
-    return (await conn.execute(locked_when_writing(conn, select(T).where(T.c.id == canonical_id), lock=lock))).first()
+    query = _GET_TRANSACTION_LOCKED if wants_lock(conn, lock) else _GET_TRANSACTION
+    return (await conn.execute(query, {"id": canonical_id})).first()
 
 
 async def find_transactions_by_bare_id(conn: AsyncConnection, bare_id: str) -> list[Row[Any]]:
@@ -139,19 +165,32 @@ async def daily_totals(conn: AsyncConnection, *, currency: str, since: datetime,
     return await cap_usage.window_sums(conn, currency=currency, since=since, actor=actor)
 
 
+async def daily_window(conn: AsyncConnection, *, currency: str, at: datetime, actor: str) -> cap_usage.WindowRead:
+    """The daily caps' window for a refund created at `at` (its hour and the 24 before it), both scopes, as read
+    now: the same numbers as `daily_totals(since=at - 24 h)`, kept so the cap take can reuse them where safe."""
+    return await cap_usage.read_window(conn, actor=actor, currency=currency, created_at=at)
+
+
 async def take_cap_usage(
-    conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, amount_minor: int, caps: dict[str, int | None]
+    conn: AsyncConnection, *, actor: str, currency: str, created_at: datetime, amount_minor: int, caps: dict[str, int | None],
+    seen: cap_usage.WindowRead | None = None,
 ) -> str | None:
     """Count a new agent refund against the daily caps if it fits (store/cap_usage.py take): None, or the
     scope whose cap it would exceed."""
-    return await cap_usage.take(conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps)
+    return await cap_usage.take(
+        conn, actor=actor, currency=currency, created_at=created_at, amount_minor=amount_minor, caps=caps, seen=seen
+    )
+
+
+_GET_REFUND = select(R).where(R.c.id == bindparam("id"))
+_GET_REFUND_LOCKED = _GET_REFUND.with_for_update()
 
 
 async def get_refund(conn: AsyncConnection, refund_id: str, *, lock: bool | None = None) -> Row[Any] | None:
     """The refund; locked (PostgreSQL) inside a write transaction unless `lock=False` (store/modes.py).
 
     Lock order: a refund before its payment, wherever a transaction takes both."""
-    return (await conn.execute(locked_when_writing(conn, select(R).where(R.c.id == refund_id), lock=lock))).first()
+    return (await conn.execute(_GET_REFUND_LOCKED if wants_lock(conn, lock) else _GET_REFUND, {"id": refund_id})).first()
 
 
 async def get_refund_by_processor_id(
@@ -161,9 +200,13 @@ async def get_refund_by_processor_id(
     return (await conn.execute(locked_when_writing(conn, query, lock=lock))).first()
 
 
+_REFUNDS_FOR_TRANSACTION = (
+    select(R).where(R.c.transaction_id == bindparam("transaction_id")).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(bindparam("limit"))
+)
+
+
 async def refunds_for_transaction(conn: AsyncConnection, transaction_id: str, limit: int = 50) -> list[Row[Any]]:
-    query = select(R).where(R.c.transaction_id == transaction_id).order_by(R.c.created_at.desc(), R.c.id.desc()).limit(limit)
-    return list((await conn.execute(query)).all())
+    return list((await conn.execute(_REFUNDS_FOR_TRANSACTION, {"transaction_id": transaction_id, "limit": limit})).all())
 
 
 async def find_duplicate(conn: AsyncConnection, fingerprint: str, since: datetime) -> Row[Any] | None:
@@ -196,21 +239,25 @@ async def forget_event(conn: AsyncConnection, processor: str, event_id: str) -> 
     await conn.execute(delete(W).where(W.c.processor == processor, W.c.event_id == event_id))
 
 
+_K = tables.idempotency_keys
+_GET_IDEMPOTENCY = select(_K).where(_K.c.actor == bindparam("actor"), _K.c.key == bindparam("key"))
+_INSERT_IDEMPOTENCY = insert(_K)
+
+
 async def get_idempotency(conn: AsyncConnection, actor: str, key: str) -> Row[Any] | None:
-    query = select(tables.idempotency_keys).where(
-        tables.idempotency_keys.c.actor == actor, tables.idempotency_keys.c.key == key
-    )
-    return (await conn.execute(query)).first()
+    return (await conn.execute(_GET_IDEMPOTENCY, {"actor": actor, "key": key})).first()
 
 
 async def insert_idempotency(conn: AsyncConnection, actor: str, key: str, request_hash: str, refund_id: str, now: datetime) -> None:
-    await conn.execute(
-        insert(tables.idempotency_keys).values(actor=actor, key=key, request_hash=request_hash, refund_id=refund_id, created_at=now)
-    )
+    await conn.execute(_INSERT_IDEMPOTENCY, {"actor": actor, "key": key, "request_hash": request_hash, "refund_id": refund_id, "created_at": now})
 
 
-async def insert_refund(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(insert(R).values(**values))
+_INSERT_REFUND = insert(R).returning(*R.c)
+
+
+async def insert_refund(conn: AsyncConnection, **values: Any) -> Row[Any]:
+    """Insert a refund and return it as stored (defaults filled in), in one statement."""
+    return (await conn.execute(_INSERT_REFUND, values)).one()
 
 
 async def update_refund(conn: AsyncConnection, refund_id: str, **values: Any) -> None:
@@ -264,6 +311,13 @@ async def update_claimed(
     conditions = [R.c.id == refund_id, R.c.claim_token == claim_token]
     if queued_only:
         conditions.append(R.c.status == RefundStatus.QUEUED.value)
+    return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
+
+
+async def update_claimed_in(conn: AsyncConnection, refund_id: str, claim_token: int, seen: str, **values: Any) -> Row[Any] | None:
+    """A write after a processor call, applied only if the attempt still holds its claim and the refund is still
+    in status `seen` (what the attempt last saw). None: nothing was written."""
+    conditions = (R.c.id == refund_id, R.c.claim_token == claim_token, R.c.status == seen)
     return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
 
 

@@ -9,6 +9,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
+DIALECTS = ("sqlite", "postgresql")
+
+
 def insert(conn: AsyncConnection, table: Table) -> Any:
     """An insert() that has on_conflict_do_update (postgresql.Insert or sqlite.Insert)."""
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+    return insert_for(conn.dialect.name, table)
+
+
+def insert_for(dialect: str, table: Table) -> Any:
+    """The same for a dialect named ahead of any connection (statements built once, at import)."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
