@@ -30,6 +30,10 @@ class Captured:
         return sum(len(txn) for txn in self.transactions)
 
 
+async def _no_background_seal(_engine: Any) -> None:
+    return None
+
+
 async def _capture(url: str) -> Captured:
     """The statements of one create_refund (after a warm-up one), per transaction, as the driver got them."""
     from sqlalchemy import event
@@ -54,14 +58,24 @@ async def _capture(url: str) -> Captured:
         def on_commit(_conn: Any) -> None:
             captured.transactions.append(list(current))
 
+        from refund_mcp.audit import sealing
+
+        await sealing.settle(app.db.engine)
+        # PostgreSQL seals audit records in the background after a commit, coalesced across writes, on other
+        # connections: left out of the capture (it would interleave with the refund's own transactions).
+        background_seal = sealing.seal_after_commit
+        sealing.seal_after_commit = _no_background_seal  # type: ignore[assignment]
         event.listen(sync_engine, "begin", on_begin)
         event.listen(sync_engine, "before_cursor_execute", on_statement)
         event.listen(sync_engine, "commit", on_commit)
-        result = await service.create_refund(
-            BENCH_ACTOR, RefundInput(transaction_id=PAYMENT, reason="service_issue", amount_minor=1, idempotency_key="floor-captured")
-        )
-        for target, name, fn in ((sync_engine, "begin", on_begin), (sync_engine, "before_cursor_execute", on_statement), (sync_engine, "commit", on_commit)):
-            event.remove(target, name, fn)
+        try:
+            result = await service.create_refund(
+                BENCH_ACTOR, RefundInput(transaction_id=PAYMENT, reason="service_issue", amount_minor=1, idempotency_key="floor-captured")
+            )
+        finally:
+            sealing.seal_after_commit = background_seal  # type: ignore[assignment]
+            for target, name, fn in ((sync_engine, "begin", on_begin), (sync_engine, "before_cursor_execute", on_statement), (sync_engine, "commit", on_commit)):
+                event.remove(target, name, fn)
         captured.dynamic[result.refund_id] = "refund"
         captured.dynamic["floor-captured"] = "key"
         if result.processor_refund_id:
@@ -70,27 +84,41 @@ async def _capture(url: str) -> Captured:
     return captured
 
 
-class _Rewriter:
-    """Per replay: fresh unique values, and the audit sequence taken from the head read in the transaction."""
+class _Chain:
+    """The audit chain's head as the replay moves it (SQLite): one connection replays in sequence."""
 
-    def __init__(self, captured: Captured, index: int) -> None:
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.hash = ""
+
+
+class _Rewriter:
+    """Per replay: fresh unique values, and the audit sequence continued from the head the replays left."""
+
+    def __init__(self, captured: Captured, index: int, chain: _Chain) -> None:
         from refund_mcp.domain.ids import new_refund_id
 
         fresh = {"refund": new_refund_id(), "key": f"floor-{index}", "processor_ref": f"sbx_re_floor{index:08d}"}
         self.values = {value: fresh[kind] for value, kind in captured.dynamic.items()}
-        self.head_seq: int | None = None
+        self.chain = chain
 
     def params(self, statement: str, params: tuple[Any, ...]) -> tuple[Any, ...]:
         out = [self.values.get(p, p) if isinstance(p, str) else p for p in params]
         head = " ".join(statement.split()).upper()
-        if self.head_seq is not None and (head.startswith("INSERT INTO AUDIT_LOG") or head.startswith("UPDATE AUDIT_HEAD")):
-            out[0] = self.head_seq + 1  # seq is the first column of both statements
+        chain = self.chain
+        if head.startswith("UPDATE AUDIT_HEAD") and chain.seq is not None:
+            # SET seq, hash WHERE id AND seq AND hash: the append moves the head it last left (audit/log.py).
+            new_hash = f"{chain.seq + 1:064x}"
+            out = [chain.seq + 1, new_hash, out[2], chain.seq, chain.hash]
+            chain.seq, chain.hash = chain.seq + 1, new_hash
+        elif head.startswith("INSERT INTO AUDIT_LOG") and chain.seq is not None:
+            out[0] = chain.seq  # seq is the first column
         return tuple(out)
 
     def saw(self, statement: str, rows: list[Any]) -> None:
         head = " ".join(statement.split()).upper()
         if head.startswith("SELECT AUDIT_HEAD.SEQ") and rows:
-            self.head_seq = int(rows[0][0])
+            self.chain.seq, self.chain.hash = int(rows[0][0]), rows[0][1]
 
 
 async def _replay_sqlite(path: str, captured: Captured, synchronous: str, calls: int, warmup: int) -> list[float]:
@@ -100,8 +128,12 @@ async def _replay_sqlite(path: str, captured: Captured, synchronous: str, calls:
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "foreign_keys=ON", "busy_timeout=60000"):
             await conn.execute(f"PRAGMA {pragma}")
+        chain = _Chain()
+        cursor = await conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
+        chain.seq, chain.hash = next(iter(await cursor.fetchall()))
+        await cursor.close()
         for index in range(warmup + calls):
-            rewriter = _Rewriter(captured, index + (0 if synchronous == "NORMAL" else 1_000_000))
+            rewriter = _Rewriter(captured, index + (0 if synchronous == "NORMAL" else 1_000_000), chain)
             start = time.perf_counter()
             for txn in captured.transactions:
                 await conn.execute("BEGIN IMMEDIATE")
@@ -129,8 +161,9 @@ async def _replay_pg(url: str, captured: Captured, calls: int, warmup: int) -> l
     samples: list[float] = []
     conn = await asyncpg.connect(_asyncpg_dsn(url))
     try:
+        chain = _Chain()  # PostgreSQL appends to audit_pending: no seq in the writer's statements
         for index in range(warmup + calls):
-            rewriter = _Rewriter(captured, index)
+            rewriter = _Rewriter(captured, index, chain)
             start = time.perf_counter()
             for txn in captured.transactions:
                 async with conn.transaction():
@@ -181,8 +214,10 @@ async def run(cfg: Config) -> Section:
     section.notes.append(
         f"{cfg.overhead_calls * 2} replays per repeat after {cfg.overhead_warmup} warm-up ones, one connection, repeats: {cfg.repeats}; "
         "the statements are those one create_refund sent (captured with SQLAlchemy's before_cursor_execute), each "
-        "transaction committed as the service commits it. refund-mcp runs SQLite with synchronous=NORMAL (WAL: a commit "
-        "survives a process crash; the last ones may be lost on power failure); FULL fsyncs every commit."
+        "transaction committed as the service commits it. refund-mcp runs SQLite with synchronous=FULL (every commit is "
+        "fsynced; NORMAL survives a process crash but may lose the last commits on power failure). On PostgreSQL the "
+        "audit records go to audit_pending and are sealed into the chain in the background after commit, coalesced "
+        "across writes: that sealing is not in these statements."
     )
     section.raw = {label: spread.as_dict() for label, spread in spreads.items()}
     section.raw["floor_ms"] = {label: spread.median for label, spread in spreads.items()}
