@@ -1,7 +1,7 @@
 """3. Contention: many concurrent partial refunds on ONE payment.
 
 Every call competes for the same balance, so refund-mcp must serialize them (SQLite's write lock, or
-the PostgreSQL audit-head row lock shared by all processes). Measured: the time for all calls to
+the payment's row lock on PostgreSQL, which all processes take). Measured: the time for all calls to
 drain, and the correctness that makes the serialization worth it: the refunds that succeeded never
 add up to more than was captured, every refusal says why, and the audit chain still verifies.
 """
@@ -145,7 +145,7 @@ async def run(cfg: Config) -> Section:
         columns=["where", "drain time (s)", "refunds answered/s", "succeeded", "refused", "transport failures (all repeats)", "succeeded + reserved ≤ captured", "audit chain", "correct in every repeat"],
     )
     # In-process on SQLite (one process, one lock) and over HTTP with several processes on PostgreSQL
-    # (the cross-process case the audit-head row lock exists for). In-process PostgreSQL adds little
+    # (the cross-process case the payment's row lock exists for). In-process PostgreSQL adds little
     # over both and would cost a minute of the ten the whole run may take.
     variants: list[tuple[str, Any, int]] = [("in-process, SQLite", lambda: _in_process("sqlite", cfg), cfg.repeats)]
     if await pg_available(cfg.pg_url):
