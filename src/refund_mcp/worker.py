@@ -1,4 +1,5 @@
-"""The background loop: retries queued refunds, syncs pending ones, expires approvals, delivers notifications.
+"""The background loop: retries queued refunds, syncs pending ones, expires approvals, delivers notifications,
+prunes the daily caps' old counters.
 
 It runs inside `refund-mcp serve` and alone as `refund-mcp worker`. Several workers (on several
 replicas) share the work safely: a refund is claimed with a lease and a fencing token before it is
@@ -33,6 +34,9 @@ async def run_once(service: RefundService, notifier: Notifier | None = None) -> 
     expire = getattr(service, "expire_approvals", None)
     if expire is not None:
         handled += await expire()
+    prune = getattr(service, "prune_cap_counters", None)
+    if prune is not None:
+        await prune()  # housekeeping, at most once an hour: not work that should make the loop go round again
     if notifier is not None:
         # Last: this pass's own changes (expired approvals, failures) go out in the same pass.
         handled += await notifier.deliver_due()

@@ -134,6 +134,33 @@ async def test_the_window_starts_at_the_hour_so_it_never_counts_less_than_24_hou
         assert await queries.daily_totals(conn, currency="EUR", since=now - hours(24), actor="agent-1") == (0, 0)
 
 
+async def test_old_counters_are_pruned_once_an_hour_and_the_window_is_unchanged(db: Database) -> None:
+    from refund_mcp.service.daily_caps import CounterPruner
+
+    now = BASE + timedelta(hours=60, minutes=30)
+    async with db.write() as conn:
+        await add_payment(conn, "sandbox:p")
+        for index, age in enumerate((59, 50, 48, 20, 0)):  # hours before `now`
+            created = now - hours(age)
+            await insert_refund(conn, Refund(f"re_{index}", "sandbox:p", "succeeded", 10**index, created_at=created))
+        stored = await stored_buckets(conn)
+        window = await queries.daily_totals(conn, currency="USD", since=now - hours(24), actor="agent-1")
+    clock = [now]
+    pruner = CounterPruner(db, lambda: clock[0])
+    assert await pruner.prune_if_due() == 4  # the 59 h and 50 h old hours, both scopes; 48 h is kept (49 h kept)
+    async with db.read() as conn:
+        left = await stored_buckets(conn)
+        assert await queries.daily_totals(conn, currency="USD", since=now - hours(24), actor="agent-1") == window
+    assert left == {key: value for key, value in stored.items() if key[2] >= cap_usage.hour_of(now - cap_usage.KEEP)}
+    assert len(left) == len(stored) - 4
+    # Within the same hour nothing more is done; an hour later the next hour is pruned.
+    async with db.write() as conn:
+        await insert_refund(conn, Refund("re_late", "sandbox:p", "succeeded", 7, created_at=now - hours(55)))
+    assert await pruner.prune_if_due() == 0
+    clock[0] = now + hours(1)
+    assert await pruner.prune_if_due() == 2
+
+
 class Refused(Exception):
     pass
 

@@ -7,6 +7,7 @@ that room in between, the reservation is refused and rolled back whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +16,7 @@ from refund_mcp.domain.errors import PolicyDenied
 from refund_mcp.domain.money import format_display
 from refund_mcp.policy.engine import Decision
 from refund_mcp.store import cap_usage, queries
+from refund_mcp.store.database import Database
 
 _SCOPE_WORDS = {"per_actor_daily": "per-actor", "global_daily": "global"}
 
@@ -43,3 +45,23 @@ async def take(
         f"{format_display(rule.cap_minor, currency)}: other refunds reserved at the same time used the room left. "
         "Nothing was reserved; check the policy again before retrying."
     )
+
+
+class CounterPruner:
+    """Keeps the caps' counters bounded: once an hour (per process), the hours no window reaches are deleted.
+
+    Without it the table would grow by (actors + 1) x currencies rows an hour, forever."""
+
+    def __init__(self, db: Database, now: Callable[[], datetime]) -> None:
+        self.db = db
+        self.now = now
+        self._last_hour: datetime | None = None
+
+    async def prune_if_due(self) -> int:
+        hour = cap_usage.hour_of(self.now())
+        if hour == self._last_hour:
+            return 0
+        async with self.db.write() as conn:
+            pruned = await cap_usage.prune(conn, now=self.now())
+        self._last_hour = hour
+        return pruned

@@ -30,6 +30,7 @@ from refund_mcp.service.approvals import Approvals
 from refund_mcp.service.cancelling import Cancellations
 from refund_mcp.service.circuit import CircuitBreaker
 from refund_mcp.service.confirmation import ConfirmedTerms, Prefetched, Preview
+from refund_mcp.service.daily_caps import CounterPruner
 from refund_mcp.service.events import Events
 from refund_mcp.service.gate import Gate
 from refund_mcp.service.operators import OperatorActions
@@ -78,6 +79,7 @@ class RefundService:
         self.operator_actions = OperatorActions(db, processors, settings, now)
         self.cancellations = Cancellations(db, processors, self.gate, self.recorder, now)
         self.reads = Reads(db, processors, policy, self.gate, self.resolver, self.reserver, self.recorder)
+        self.cap_counters = CounterPruner(db, now)
 
     def _now(self) -> datetime:
         return self.clock()
@@ -193,6 +195,10 @@ class RefundService:
 
     async def sync_statuses(self, limit: int = 20) -> int:
         return await self.submitter.sync_statuses(limit)
+
+    async def prune_cap_counters(self) -> int:
+        """The worker's hourly clean-up of the daily caps' counters (service/daily_caps.py)."""
+        return await self.cap_counters.prune_if_due()
 
     async def pending_approvals(self, limit: int = 200) -> list[views.RefundView]:
         return await self.approvals.pending_approvals(limit)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, func, select
+from sqlalchemy import BigInteger, bindparam, case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from refund_mcp.store import tables, upsert
@@ -182,3 +182,17 @@ async def window_sums(conn: AsyncConnection, *, currency: str, since: datetime, 
     everyone, mine = scopes(actor)
     read = await _read(conn, (everyone, mine), currency, start=hour_of(since), current=hour_of(since + DAY))
     return read.total(mine), read.total(everyone)
+
+
+# Counters older than this are never read again (the window reaches back 25 hours at most); a day more is kept so
+# an operator can still see yesterday's use.
+KEEP = timedelta(hours=49)
+
+
+async def prune(conn: AsyncConnection, *, now: datetime) -> int:
+    """Delete the counters of hours that no window can reach any more; how many were deleted.
+
+    A refund older than that which is released later (e.g. a failure reported days after) recreates its hour's
+    counter with a negative amount: outside every window, and deleted by the next prune."""
+    result = await conn.execute(delete(C).where(C.c.hour_start < hour_of(now - KEEP)))
+    return int(result.rowcount or 0)
