@@ -70,19 +70,19 @@ class Events:
         existing = await queries.get_transaction(conn, canonical) or await queries.insert_transaction_if_absent(
             conn, canonical, _event_payment(event), now
         )
-        captured = max(event.captured_minor, existing.captured_minor if existing is not None else 0)
+        captured = max(event.captured_minor, existing.captured_minor)
         info = TransactionInfo(
             processor=event.processor,
             transaction_id=event.transaction_id,
             # A CAPTURE may be partial: the payment's amount never shrinks because of one.
-            amount_minor=max(event.amount_minor, existing.amount_minor if existing is not None else 0),
+            amount_minor=max(event.amount_minor, existing.amount_minor),
             currency=event.currency,
             captured_minor=captured,
-            refunded_minor=existing.processor_refunded_minor if existing is not None else 0,
+            refunded_minor=existing.processor_refunded_minor,
             status=event.status,
-            created_at=(existing.created_at if existing is not None and existing.created_at else event.occurred_at),
-            customer_ref=event.customer_ref or (existing.customer_ref if existing is not None else None),
-            description=event.description or (existing.description if existing is not None else None),
+            created_at=existing.created_at or event.occurred_at,
+            customer_ref=event.customer_ref or existing.customer_ref,
+            description=event.description or existing.description,
             refundable=event.refundable,
         )
         await queries.upsert_transaction(conn, canonical, info, now)

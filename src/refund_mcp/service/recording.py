@@ -82,7 +82,7 @@ class Recorder:
         elif current is RefundStatus.QUEUED and claim_token is not None:
             values["next_attempt_at"] = None
         if claim_token is not None:
-            updated = await queries.update_claimed_in(conn, refund_id, claim_token, current.value, **values)
+            updated = await queries.update_claimed(conn, refund_id, claim_token, in_status=current.value, **values)
             if updated is None:
                 return None
         else:

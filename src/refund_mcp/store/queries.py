@@ -304,20 +304,12 @@ async def claim(conn: AsyncConnection, refund_id: str, now: datetime, **values: 
 
 
 async def update_claimed(
-    conn: AsyncConnection, refund_id: str, claim_token: int, *, queued_only: bool = True, **values: Any
+    conn: AsyncConnection, refund_id: str, claim_token: int, *, in_status: str = RefundStatus.QUEUED.value, **values: Any
 ) -> Row[Any] | None:
     """A write after a processor call: applied only if the attempt still holds its claim (its fencing token
-    is current) and, by default, the refund is still queued. None: nothing was written."""
-    conditions = [R.c.id == refund_id, R.c.claim_token == claim_token]
-    if queued_only:
-        conditions.append(R.c.status == RefundStatus.QUEUED.value)
-    return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
-
-
-async def update_claimed_in(conn: AsyncConnection, refund_id: str, claim_token: int, seen: str, **values: Any) -> Row[Any] | None:
-    """A write after a processor call, applied only if the attempt still holds its claim and the refund is still
-    in status `seen` (what the attempt last saw). None: nothing was written."""
-    conditions = (R.c.id == refund_id, R.c.claim_token == claim_token, R.c.status == seen)
+    is current) and the refund is still in status `in_status` (by default queued; the status the attempt last
+    saw when it records an answer). None: nothing was written."""
+    conditions = (R.c.id == refund_id, R.c.claim_token == claim_token, R.c.status == in_status)
     return (await conn.execute(update(R).where(*conditions).values(**values).returning(*R.c))).first()
 
 

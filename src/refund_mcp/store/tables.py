@@ -140,9 +140,10 @@ Index("ix_refunds_created", refunds.c.created_at, refunds.c.id)
 Index("ix_refunds_fingerprint", refunds.c.fingerprint, refunds.c.created_at)
 Index("ix_refunds_due", refunds.c.status, refunds.c.next_attempt_at)
 Index("ix_refunds_actor_created", refunds.c.actor, refunds.c.created_at)
-# Covering indexes for the two sums every refund re-computes (queries.balance, queries.daily_totals): they
-# hold every column those queries read, so both are index-only range scans on SQLite and PostgreSQL and
-# never visit the table rows. Equality columns first, then the range (created_at), then what is summed.
+# Covering indexes of revision 0009, from when every refund re-summed its payment's refunds and the day's. Since
+# revision 0011 those sums are running totals and hourly counters: ix_refunds_balance serves reconcile's check of
+# the totals (queries.running_total_mismatches); ix_refunds_daily_totals is read by nothing and can go in a later
+# revision.
 Index("ix_refunds_balance", refunds.c.transaction_id, refunds.c.status, refunds.c.maybe_sent, refunds.c.amount_minor)
 Index(
     "ix_refunds_daily_totals",
